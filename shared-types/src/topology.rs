@@ -1,0 +1,191 @@
+//! Broker names and the idempotent declaration of exchanges and queues.
+//!
+//! Both services declare the topology at startup, so whichever starts first creates it. Queue
+//! arguments can never change once a queue exists, so the store queue's are decided here once:
+//! quorum type, a dead-letter exchange with the `at-least-once` strategy (dead-lettering itself
+//! cannot lose a message), `reject-publish` overflow (a full queue nacks publishes, and the
+//! gateway answers 503, instead of the broker running out of memory), a delivery limit and a
+//! maximum length.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, Connection, ExchangeKind};
+
+/// The names under one `WARREN_AMQP_PREFIX`; tests use a random prefix each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    prefix: String,
+}
+
+/// Store-queue arguments an operator chooses once, before the queue first exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Deliveries of one message before it is dead-lettered (`x-delivery-limit`).
+    pub delivery_limit: u32,
+    /// Messages the store queue holds before publishes are refused (`x-max-length`).
+    pub max_length: u64,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self {
+            delivery_limit: 20,
+            max_length: 1_000_000,
+        }
+    }
+}
+
+impl Topology {
+    /// The names under `prefix`.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// Topic exchange the gateway publishes to, routing key = event type.
+    pub fn exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
+    /// Quorum queue the consumers store from, bound to every routing key.
+    pub fn store_queue(&self) -> String {
+        format!("{}.events.store", self.prefix)
+    }
+
+    /// Exchange that receives what the store queue dead-letters.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.events.dlx", self.prefix)
+    }
+
+    /// Queue that keeps dead-lettered messages for inspection and replay.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.events.dead", self.prefix)
+    }
+
+    /// Declares everything, idempotently. When the store queue already exists with other
+    /// arguments, the existing queue is kept and a warning names the difference: RabbitMQ would
+    /// otherwise refuse every start after an operator changed a limit.
+    pub async fn declare(
+        &self,
+        connection: &Connection,
+        limits: QueueLimits,
+    ) -> Result<(), lapin::Error> {
+        let channel = connection.create_channel().await?;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                self.exchange().as_str().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.dead_letter_exchange().as_str().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        let mut quorum = FieldTable::default();
+        quorum.insert("x-queue-type".into(), long_string("quorum"));
+        declare_queue(&channel, &self.dead_letter_queue(), quorum).await?;
+        bind(&channel, &self.dead_letter_queue(), &self.dead_letter_exchange()).await?;
+
+        let arguments = self.store_queue_arguments(limits);
+        let channel = match declare_queue(&channel, &self.store_queue(), arguments).await {
+            Ok(()) => channel,
+            Err(error) if is_precondition_failed(&error) => {
+                tracing::warn!(
+                    queue = %self.store_queue(),
+                    %error,
+                    "the store queue exists with other arguments; keeping the existing queue \
+                     (delete it when empty to apply the new settings)"
+                );
+                let channel = connection.create_channel().await?;
+                channel
+                    .queue_declare(
+                        self.store_queue().as_str().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                channel
+            }
+            Err(error) => return Err(error),
+        };
+        bind(&channel, &self.store_queue(), &self.exchange()).await?;
+        channel.close(200, "topology declared".into()).await?;
+        Ok(())
+    }
+
+    /// The store queue's arguments, fixed at creation.
+    pub fn store_queue_arguments(&self, limits: QueueLimits) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-queue-type".into(), long_string("quorum"));
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            long_string(&self.dead_letter_exchange()),
+        );
+        arguments.insert(
+            "x-dead-letter-strategy".into(),
+            long_string("at-least-once"),
+        );
+        arguments.insert("x-overflow".into(), long_string("reject-publish"));
+        arguments.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(limits.delivery_limit)),
+        );
+        arguments.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(i64::try_from(limits.max_length).unwrap_or(i64::MAX)),
+        );
+        arguments
+    }
+}
+
+fn long_string(text: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(text))
+}
+
+async fn declare_queue(
+    channel: &Channel,
+    name: &str,
+    arguments: FieldTable,
+) -> Result<(), lapin::Error> {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+        .map(|_| ())
+}
+
+async fn bind(channel: &Channel, queue: &str, exchange: &str) -> Result<(), lapin::Error> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    error.to_string().contains("PRECONDITION_FAILED")
+}
