@@ -1,1 +1,72 @@
-//! stub
+//! Warren's ingest gateway: CloudEvents over HTTP in, confirmed AMQP publishes out.
+//!
+//! A request gets 202 only after RabbitMQ confirmed every event in it; anything else is an error
+//! the client can retry. [`run`] is the whole service; tests call [`serve_with`] to drive the real
+//! HTTP stack with any [`publish::EventPublisher`].
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod decode;
+pub mod http;
+pub mod publish;
+pub mod request_id;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::GatewayConfig;
+
+use crate::http::AppState;
+use crate::publish::{BrokerPublisher, EventPublisher};
+
+/// Runs the gateway on `listener` until `shutdown` completes, then drains in-flight requests
+/// (and their confirms) and closes the broker connection.
+pub async fn run(
+    listener: TcpListener,
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let cancel = CancellationToken::new();
+    let (publisher, supervisor) = BrokerPublisher::start(config.broker.clone(), cancel.clone());
+    serve_with(listener, config, publisher, shutdown).await;
+    cancel.cancel();
+    if let Err(error) = supervisor.await {
+        tracing::error!(%error, "broker supervisor panicked");
+    }
+    tracing::info!("gateway stopped");
+}
+
+/// Serves the HTTP API with `publisher` until `shutdown`; `/readyz` turns red as soon as it fires.
+/// Returns whether every connection drained within the grace period.
+pub async fn serve_with<P: EventPublisher>(
+    listener: TcpListener,
+    config: GatewayConfig,
+    publisher: P,
+    shutdown: impl Future<Output = ()> + Send,
+) -> bool {
+    let settings = config.server;
+    let state = Arc::new(AppState {
+        publisher,
+        config,
+        draining: AtomicBool::new(false),
+    });
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "gateway listening");
+    }
+    let draining = Arc::clone(&state);
+    let shutdown = async move {
+        shutdown.await;
+        draining.draining.store(true, Ordering::Release);
+    };
+    shared_types::server::serve(
+        listener,
+        move |request, peer| http::handle(Arc::clone(&state), request, peer),
+        settings,
+        shutdown,
+    )
+    .await
+}

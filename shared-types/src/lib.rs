@@ -6,11 +6,15 @@
 //! the consumer use only this crate for them, so they cannot drift apart.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod envelope;
 pub mod event;
+pub mod healthcheck;
+pub mod http_json;
 pub mod json;
 pub mod limits;
 pub mod problem;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;

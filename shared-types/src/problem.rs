@@ -27,8 +27,10 @@ pub enum ErrorCode {
     TooDeep,
     /// A batch with no events in it.
     EmptyBatch,
-    /// A batch element that is not a JSON object.
+    /// An event that is not a JSON object.
     NotAnObject,
+    /// A batch body that is not a JSON array.
+    NotAnArray,
 }
 
 impl ErrorCode {
@@ -45,6 +47,7 @@ impl ErrorCode {
             ErrorCode::TooDeep => "too_deep",
             ErrorCode::EmptyBatch => "empty_batch",
             ErrorCode::NotAnObject => "not_an_object",
+            ErrorCode::NotAnArray => "not_an_array",
         }
     }
 }

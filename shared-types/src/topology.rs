@@ -11,6 +11,8 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ExchangeKind};
 
+use crate::config::{ConfigError, Settings};
+
 /// The names under one `WARREN_AMQP_PREFIX`; tests use a random prefix each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
@@ -35,7 +37,43 @@ impl Default for QueueLimits {
     }
 }
 
+impl QueueLimits {
+    /// `WARREN_QUEUE_DELIVERY_LIMIT` and `WARREN_QUEUE_MAX_LENGTH` over the defaults.
+    pub fn from_settings(settings: &Settings<'_>) -> Result<Self, ConfigError> {
+        let defaults = QueueLimits::default();
+        Ok(QueueLimits {
+            delivery_limit: settings.bounded(
+                "WARREN_QUEUE_DELIVERY_LIMIT",
+                defaults.delivery_limit,
+                1..=1000,
+            )?,
+            max_length: settings.bounded(
+                "WARREN_QUEUE_MAX_LENGTH",
+                defaults.max_length,
+                1..=u64::from(u32::MAX),
+            )?,
+        })
+    }
+}
+
 impl Topology {
+    /// The names under `WARREN_AMQP_PREFIX` (default `warren`).
+    pub fn from_settings(settings: &Settings<'_>) -> Result<Self, ConfigError> {
+        let prefix = settings.string("WARREN_AMQP_PREFIX", "warren");
+        if prefix.is_empty()
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(ConfigError {
+                name: "WARREN_AMQP_PREFIX".into(),
+                value: prefix,
+                reason: "use letters, digits, '.', '_' and '-' only".into(),
+            });
+        }
+        Ok(Topology::new(prefix))
+    }
+
     /// The names under `prefix`.
     pub fn new(prefix: impl Into<String>) -> Self {
         Self {

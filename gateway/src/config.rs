@@ -1,0 +1,168 @@
+//! Gateway settings: `WARREN_*` variables over documented defaults, validated at startup.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shared_types::config::{amqp_url, ConfigError, Settings};
+use shared_types::server::ServerSettings;
+use shared_types::topology::{QueueLimits, Topology};
+use shared_types::Limits;
+
+use crate::publish::BrokerSettings;
+
+/// Everything the gateway needs to run.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Where to listen (`WARREN_GATEWAY_ADDR`).
+    pub addr: SocketAddr,
+    /// The broker.
+    pub broker: BrokerSettings,
+    /// Event and body limits.
+    pub limits: Limits,
+    /// Connection bounds and the drain deadline.
+    pub server: ServerSettings,
+    /// Longest time to receive a request body.
+    pub body_timeout: Duration,
+    /// Seconds clients are told to wait in `Retry-After` on a 503.
+    pub retry_after_secs: u64,
+}
+
+impl GatewayConfig {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_settings(&Settings::from_env())
+    }
+
+    /// Reads any settings source; every bad value names its variable.
+    pub fn from_settings(settings: &Settings<'_>) -> Result<Self, ConfigError> {
+        let limits = limits(settings)?;
+        let broker = broker(settings, &limits)?;
+        Ok(Self {
+            addr: settings.parse("WARREN_GATEWAY_ADDR", ([127, 0, 0, 1], 8081).into())?,
+            broker,
+            server: ServerSettings {
+                header_read_timeout: settings.millis(
+                    "WARREN_HEADER_TIMEOUT_MS",
+                    10_000,
+                    100..=600_000,
+                )?,
+                max_header_bytes: settings.bounded(
+                    "WARREN_MAX_HEADER_BYTES",
+                    16 * 1024,
+                    8192..=1024 * 1024,
+                )?,
+                shutdown_grace: settings.millis("WARREN_SHUTDOWN_GRACE_MS", 25_000, 0..=600_000)?,
+            },
+            body_timeout: settings.millis("WARREN_BODY_TIMEOUT_MS", 30_000, 100..=600_000)?,
+            retry_after_secs: settings.bounded("WARREN_RETRY_AFTER_SECS", 1, 1..=3600)?,
+            limits,
+        })
+    }
+}
+
+/// Event limits, shared by the gateway's parser; see [`Limits`].
+pub fn limits(settings: &Settings<'_>) -> Result<Limits, ConfigError> {
+    let defaults = Limits::default();
+    Ok(Limits {
+        max_attribute_bytes: settings.bounded(
+            "WARREN_MAX_ATTRIBUTE_BYTES",
+            defaults.max_attribute_bytes,
+            16..=4096,
+        )?,
+        max_event_bytes: settings.bounded(
+            "WARREN_MAX_EVENT_BYTES",
+            defaults.max_event_bytes,
+            1024..=16 * 1024 * 1024,
+        )?,
+        max_batch_events: settings.bounded(
+            "WARREN_MAX_BATCH_EVENTS",
+            defaults.max_batch_events,
+            1..=10_000,
+        )?,
+        max_body_bytes: settings.bounded(
+            "WARREN_MAX_BODY_BYTES",
+            defaults.max_body_bytes,
+            1024..=64 * 1024 * 1024,
+        )?,
+        // serde_json stops at 128 levels; the envelope adds 2.
+        max_depth: settings.bounded("WARREN_MAX_JSON_DEPTH", defaults.max_depth, 2..=120)?,
+        max_future_skew: Duration::from_secs(settings.bounded(
+            "WARREN_MAX_FUTURE_SKEW_SECS",
+            defaults.max_future_skew.as_secs(),
+            0..=365 * 24 * 3600,
+        )?),
+    })
+}
+
+fn broker(settings: &Settings<'_>, limits: &Limits) -> Result<BrokerSettings, ConfigError> {
+    let max_in_flight: usize = settings.bounded(
+        "WARREN_MAX_INFLIGHT_PUBLISHES",
+        10_000,
+        1..=1_000_000,
+    )?;
+    if max_in_flight < limits.max_batch_events {
+        return Err(ConfigError {
+            name: "WARREN_MAX_INFLIGHT_PUBLISHES".into(),
+            value: max_in_flight.to_string(),
+            reason: format!(
+                "must be at least WARREN_MAX_BATCH_EVENTS ({}), or a full batch could never publish",
+                limits.max_batch_events
+            ),
+        });
+    }
+    Ok(BrokerSettings {
+        url: amqp_url(settings)?,
+        topology: Topology::from_settings(settings)?,
+        queue_limits: QueueLimits::from_settings(settings)?,
+        channels: settings.bounded("WARREN_PUBLISH_CHANNELS", 4, 1..=256)?,
+        confirm_timeout: settings.millis("WARREN_CONFIRM_TIMEOUT_MS", 5_000, 10..=120_000)?,
+        max_in_flight,
+        max_backoff: settings.millis("WARREN_RECONNECT_MAX_BACKOFF_MS", 5_000, 100..=300_000)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<GatewayConfig, ConfigError> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        GatewayConfig::from_settings(&Settings::from_lookup(move |name| {
+            pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        }))
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let config = config(&[]).unwrap();
+        assert_eq!(config.addr.to_string(), "127.0.0.1:8081");
+        assert_eq!(config.broker.topology.exchange(), "warren.events");
+        assert_eq!(
+            config.broker.url,
+            "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10"
+        );
+        assert_eq!(config.limits, Limits::default());
+    }
+
+    #[test]
+    fn bad_address_names_the_variable() {
+        let error = config(&[("WARREN_GATEWAY_ADDR", "nowhere")]).unwrap_err();
+        assert_eq!(error.name, "WARREN_GATEWAY_ADDR");
+    }
+
+    #[test]
+    fn bad_amqp_url_is_refused_without_echoing_the_password() {
+        let error = config(&[("WARREN_AMQP_URL", "http://u:secret@h")]).unwrap_err();
+        assert_eq!(error.name, "WARREN_AMQP_URL");
+        assert!(!error.to_string().contains("secret"), "{error}");
+    }
+
+    #[test]
+    fn in_flight_bound_below_the_batch_size_is_refused() {
+        let error = config(&[("WARREN_MAX_INFLIGHT_PUBLISHES", "10")]).unwrap_err();
+        assert_eq!(error.name, "WARREN_MAX_INFLIGHT_PUBLISHES");
+    }
+}

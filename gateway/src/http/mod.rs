@@ -1,0 +1,205 @@
+//! Routes and handlers. Handlers only translate: read the request, call [`crate::decode`] and
+//! the [`EventPublisher`], map the outcome.
+
+mod error;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::Utc;
+use http::header::{HeaderValue, CONTENT_LENGTH};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::json;
+use shared_types::envelope::Envelope;
+use shared_types::http_json;
+use shared_types::Event;
+
+pub use error::ApiError;
+
+use crate::config::GatewayConfig;
+use crate::decode::{decode_content, decode_events, DecodeError};
+use crate::publish::{EventPublisher, OutgoingMessage};
+use crate::request_id::{self, request_id};
+
+/// The OpenAPI document for the public API, served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../../openapi.json");
+
+/// What every request handler shares.
+pub struct AppState<P> {
+    /// The broker seam.
+    pub publisher: P,
+    /// Settings.
+    pub config: GatewayConfig,
+    /// Set when shutdown starts, so `/readyz` turns red before connections drain.
+    pub draining: AtomicBool,
+}
+
+/// Handles one request and writes its log line.
+pub async fn handle<P: EventPublisher>(
+    state: Arc<AppState<P>>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let id = request_id(request.headers());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let (route, outcome) = route(&state, request).await;
+    let (mut response, events) = match outcome {
+        Ok((response, events)) => (response, events),
+        Err(error) => {
+            let status = error.status();
+            if status.is_server_error() {
+                tracing::warn!(request_id = %id, error = %error, "request failed");
+            }
+            (error.into_response(state.config.retry_after_secs), 0)
+        }
+    };
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(request_id::HEADER, value);
+    }
+    tracing::info!(
+        request_id = %id,
+        %method,
+        route,
+        path = %path,
+        status = response.status().as_u16(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        events,
+        %peer,
+        "request"
+    );
+    response
+}
+
+type Outcome = Result<(Response<Full<Bytes>>, usize), ApiError>;
+
+async fn route<P: EventPublisher>(
+    state: &AppState<P>,
+    request: Request<Incoming>,
+) -> (&'static str, Outcome) {
+    let path = request.uri().path();
+    match (request.method(), path) {
+        (&Method::POST, "/v1/events") => ("/v1/events", ingest(state, request).await),
+        (_, "/v1/events") => (
+            "/v1/events",
+            Err(ApiError::MethodNotAllowed { allow: "POST" }),
+        ),
+        (&Method::GET, "/healthz") => (
+            "/healthz",
+            Ok((http_json::json(StatusCode::OK, &json!({"status": "ok"})), 0)),
+        ),
+        (&Method::GET, "/readyz") => ("/readyz", Ok((readiness(state), 0))),
+        (&Method::GET, "/v1/openapi.json") => ("/v1/openapi.json", Ok((openapi(), 0))),
+        (_, "/healthz" | "/readyz" | "/v1/openapi.json") => (
+            "(method)",
+            Err(ApiError::MethodNotAllowed { allow: "GET" }),
+        ),
+        _ => ("(unmatched)", Err(ApiError::NotFound)),
+    }
+}
+
+fn readiness<P: EventPublisher>(state: &AppState<P>) -> Response<Full<Bytes>> {
+    let draining = state.draining.load(Ordering::Acquire);
+    let broker = state.publisher.is_ready();
+    let status = if broker && !draining {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    http_json::json(
+        status,
+        &json!({
+            "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
+            "checks": {"broker": broker, "draining": draining},
+        }),
+    )
+}
+
+fn openapi() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+async fn ingest<P: EventPublisher>(state: &AppState<P>, request: Request<Incoming>) -> Outcome {
+    if state.draining.load(Ordering::Acquire) {
+        return Err(ApiError::ShuttingDown);
+    }
+    let received_at = Utc::now();
+    let id = request_id(request.headers());
+    let limits = &state.config.limits;
+    let (parts, body) = request.into_parts();
+    let declared_length = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared_length.is_some_and(|length| length > limits.max_body_bytes) {
+        return Err(DecodeError::BodyTooLarge {
+            limit: limits.max_body_bytes,
+        }
+        .into());
+    }
+    let body = read_body(body, limits.max_body_bytes, state.config.body_timeout).await?;
+    let body = decode_content(&parts.headers, body, limits.max_body_bytes)?;
+    let (_mode, events) = decode_events(&parts.headers, &body, limits, received_at)?;
+    let count = events.len();
+    let messages = group_by_type(&id, received_at, events);
+    state.publisher.publish(messages).await?;
+    Ok((
+        http_json::json(StatusCode::ACCEPTED, &json!({"accepted": count})),
+        count,
+    ))
+}
+
+async fn read_body(
+    body: Incoming,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(ApiError::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) => {
+            if error.is::<http_body_util::LengthLimitError>() {
+                Err(DecodeError::BodyTooLarge { limit }.into())
+            } else {
+                Err(ApiError::BodyRead)
+            }
+        }
+    }
+}
+
+/// One message per event type, in order of first appearance, so topic routing by type works
+/// and a request of N events costs one broker round trip per type, not per event.
+pub fn group_by_type(
+    request_id: &str,
+    received_at: chrono::DateTime<Utc>,
+    events: Vec<Event>,
+) -> Vec<OutgoingMessage> {
+    let mut groups: Vec<(String, Vec<Event>)> = Vec::new();
+    for event in events {
+        match groups.iter_mut().find(|(kind, _)| *kind == event.event_type) {
+            Some((_, members)) => members.push(event),
+            None => groups.push((event.event_type.clone(), vec![event])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(routing_key, events)| OutgoingMessage {
+            body: Envelope::new(request_id.to_owned(), received_at, events).encode(),
+            routing_key,
+            message_id: uuid::Uuid::now_v7().to_string(),
+            request_id: request_id.to_owned(),
+        })
+        .collect()
+}

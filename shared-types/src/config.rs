@@ -1,0 +1,177 @@
+//! Reading `WARREN_*` settings: compiled-in defaults, overridden by the environment, validated
+//! at startup with a message that names the variable.
+
+use std::fmt::Display;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A setting that is present but unusable.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}={value:?} is invalid: {reason}")]
+pub struct ConfigError {
+    /// The variable.
+    pub name: String,
+    /// What it was set to (never a secret: secrets are not echoed).
+    pub value: String,
+    /// What it should be.
+    pub reason: String,
+}
+
+/// Where settings come from: the process environment, or a map in tests.
+pub struct Settings<'a> {
+    lookup: Box<dyn Fn(&str) -> Option<String> + 'a>,
+}
+
+impl Settings<'static> {
+    /// Reads the process environment.
+    pub fn from_env() -> Self {
+        Settings {
+            lookup: Box::new(|name| std::env::var(name).ok()),
+        }
+    }
+}
+
+impl<'a> Settings<'a> {
+    /// Reads from any lookup, e.g. a list of pairs in a test.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String> + 'a) -> Self {
+        Settings {
+            lookup: Box::new(lookup),
+        }
+    }
+
+    /// The raw value, if set and not blank.
+    pub fn raw(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|value| !value.trim().is_empty())
+    }
+
+    /// A string setting.
+    pub fn string(&self, name: &str, default: &str) -> String {
+        self.raw(name).unwrap_or_else(|| default.to_owned())
+    }
+
+    /// A parsed setting.
+    pub fn parse<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        match self.raw(name) {
+            None => Ok(default),
+            Some(text) => text.trim().parse().map_err(|error: T::Err| ConfigError {
+                name: name.to_owned(),
+                value: text.clone(),
+                reason: error.to_string(),
+            }),
+        }
+    }
+
+    /// A number that must lie in `range`.
+    pub fn bounded<T>(
+        &self,
+        name: &str,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + Display + Copy,
+        T::Err: Display,
+    {
+        let value = self.parse(name, default)?;
+        if range.contains(&value) {
+            Ok(value)
+        } else {
+            Err(ConfigError {
+                name: name.to_owned(),
+                value: value.to_string(),
+                reason: format!("must be between {} and {}", range.start(), range.end()),
+            })
+        }
+    }
+
+    /// A duration given in whole milliseconds, within `range` (in milliseconds).
+    pub fn millis(
+        &self,
+        name: &str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Duration, ConfigError> {
+        self.bounded(name, default, range).map(Duration::from_millis)
+    }
+}
+
+/// `WARREN_AMQP_URL`, checked, with `heartbeat=WARREN_AMQP_HEARTBEAT_SECS` (default 10) added
+/// when the URL sets none, so a dead peer is noticed within seconds.
+pub fn amqp_url(settings: &Settings<'_>) -> Result<String, ConfigError> {
+    let url = settings.string("WARREN_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        return Err(ConfigError {
+            name: "WARREN_AMQP_URL".into(),
+            value: redact_url(&url),
+            reason: "must start with amqp:// or amqps://".into(),
+        });
+    }
+    let seconds: u16 = settings.bounded("WARREN_AMQP_HEARTBEAT_SECS", 10, 0..=600)?;
+    if url.contains("heartbeat=") {
+        return Ok(url);
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    Ok(format!("{url}{separator}heartbeat={seconds}"))
+}
+
+/// A connection URL with its password replaced, for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &'static [(&'static str, &'static str)]) -> Settings<'static> {
+        Settings::from_lookup(|name| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+        })
+    }
+
+    #[test]
+    fn unset_variable_takes_the_default() {
+        assert_eq!(settings(&[]).parse("WARREN_X", 7u32).unwrap(), 7);
+    }
+
+    #[test]
+    fn bad_value_names_the_variable() {
+        let error = settings(&[("WARREN_X", "seven")])
+            .parse("WARREN_X", 7u32)
+            .unwrap_err();
+        assert!(error.to_string().starts_with("WARREN_X=\"seven\" is invalid"), "{error}");
+    }
+
+    #[test]
+    fn out_of_range_value_is_refused() {
+        let error = settings(&[("WARREN_X", "0")])
+            .bounded("WARREN_X", 5u32, 1..=10)
+            .unwrap_err();
+        assert!(error.to_string().contains("between 1 and 10"), "{error}");
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(redact_url("postgres://postgres@h/db"), "postgres://postgres@h/db");
+    }
+}

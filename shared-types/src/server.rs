@@ -1,0 +1,100 @@
+//! The HTTP accept loop both services run: hyper 1.x with bounded headers, a header read timeout
+//! that cuts slowloris clients, and a graceful drain with a deadline.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+/// Connection-level bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerSettings {
+    /// A client must finish sending its request headers within this time.
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line plus headers) accepted, in bytes.
+    pub max_header_bytes: usize,
+    /// How long in-flight requests may take to finish after shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            shutdown_grace: Duration::from_secs(25),
+        }
+    }
+}
+
+/// Serves `handler` on `listener` until `shutdown` completes, then drains open connections for
+/// at most `settings.shutdown_grace`. Returns whether every connection finished in time.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    handler: H,
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()>,
+) -> bool
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes.max(8192));
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Usually EMFILE: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let handler = handler.clone();
+                let service = hyper::service::service_fn(move |request| {
+                    let response = handler(request, peer);
+                    async move { Ok::<_, Infallible>(response.await) }
+                });
+                let connection = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%peer, error = %error, "connection closed with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => true,
+        () = tokio::time::sleep(settings.shutdown_grace) => {
+            tracing::warn!(grace = ?settings.shutdown_grace, "connections still open after the shutdown grace period");
+            false
+        }
+    }
+}
