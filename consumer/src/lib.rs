@@ -1,1 +1,96 @@
-//! stub
+//! Warren's consumer: takes envelopes off the store queue, writes them to Postgres exactly once,
+//! acknowledges only after the commit, and serves the read API.
+#![forbid(unsafe_code)]
+
+pub mod batch;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod schema;
+pub mod store;
+pub mod worker;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use shared_types::backoff::backoff;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::ConsumerConfig;
+
+use crate::db::DbError;
+use crate::http::AppState;
+use crate::worker::WorkerStatus;
+
+/// Runs the consumer until `shutdown` completes: migrates (under an advisory lock, retrying while
+/// the database is unreachable), consumes, serves HTTP; on shutdown it cancels its subscription,
+/// writes and acknowledges the current batch, and drains HTTP.
+pub async fn run(
+    listener: TcpListener,
+    config: ConsumerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), DbError> {
+    let cancel = CancellationToken::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut failures = 0;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            migrated = db::migrate(&config.database_url) => match migrated {
+                Ok(_) => break,
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(%error, failures, "cannot migrate yet; retrying");
+                    tokio::time::sleep(backoff(failures, config.max_backoff)).await;
+                }
+            }
+        }
+    }
+    let write_pool = db::pool(
+        &config.database_url,
+        config.pool_size,
+        config.pool_timeout,
+        config.write_timeout,
+    )?;
+    let read_pool = db::pool(
+        &config.database_read_url,
+        config.pool_size,
+        config.pool_timeout,
+        config.statement_timeout,
+    )?;
+    let config = Arc::new(config);
+    let status = Arc::new(WorkerStatus::default());
+    let worker = tokio::spawn(worker::run(
+        Arc::clone(&config),
+        write_pool.clone(),
+        Arc::clone(&status),
+        cancel.clone(),
+    ));
+    let state = Arc::new(AppState {
+        read_pool: read_pool.clone(),
+        worker: status,
+    });
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "consumer listening");
+    }
+    let stop_worker = cancel.clone();
+    shared_types::server::serve(
+        listener,
+        move |request, peer| http::handle(Arc::clone(&state), request, peer),
+        config.server,
+        async move {
+            shutdown.await;
+            stop_worker.cancel();
+        },
+    )
+    .await;
+    cancel.cancel();
+    if let Err(error) = worker.await {
+        tracing::error!(%error, "worker panicked");
+    }
+    write_pool.close();
+    read_pool.close();
+    tracing::info!("consumer stopped");
+    Ok(())
+}

@@ -16,7 +16,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use rand::Rng;
+use shared_types::backoff::backoff;
 use shared_types::envelope::{CONTENT_TYPE, REQUEST_ID_HEADER};
 use shared_types::topology::{QueueLimits, Topology};
 use tokio::sync::Semaphore;
@@ -329,14 +329,6 @@ async fn watch_connection(
     }
 }
 
-/// Capped exponential backoff with full jitter: 100 ms, 200 ms, ... up to `max`.
-pub fn backoff(failures: u32, max: Duration) -> Duration {
-    let exponent = failures.min(16);
-    let ceiling = Duration::from_millis(100u64.saturating_mul(1 << exponent)).min(max);
-    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(rand::rng().random_range(millis / 2..=millis.max(1)))
-}
-
 /// An in-memory publisher for HTTP tests: records messages, or fails on demand.
 #[derive(Clone, Default)]
 pub struct MemoryPublisher {
@@ -374,21 +366,5 @@ impl EventPublisher for MemoryPublisher {
 
     fn is_ready(&self) -> bool {
         self.failure.lock().map(|f| f.is_none()).unwrap_or(false)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_stays_under_the_cap() {
-        let cap = Duration::from_secs(5);
-        for failures in 0..40 {
-            let pause = backoff(failures, cap);
-            assert!(pause <= cap, "{failures}: {pause:?}");
-        }
-        assert!(backoff(1, cap) <= Duration::from_millis(200));
-        assert!(backoff(30, cap) >= Duration::from_millis(2500));
     }
 }

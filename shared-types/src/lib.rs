@@ -6,6 +6,7 @@
 //! the consumer use only this crate for them, so they cannot drift apart.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod config;
 pub mod envelope;
 pub mod event;

@@ -1,0 +1,73 @@
+//! Collecting deliveries into one write: a batch closes at a number of events or a time limit.
+
+use lapin::Acker;
+use shared_types::Envelope;
+use tokio::time::Instant;
+
+use crate::config::BatchSettings;
+
+/// A delivery whose envelope decoded, waiting for its batch to be written.
+pub struct Pending {
+    /// Settles the delivery on the broker.
+    pub acker: Acker,
+    /// The broker's delivery tag (increasing on one channel).
+    pub delivery_tag: u64,
+    /// The events.
+    pub envelope: Envelope,
+}
+
+/// Deliveries collected since the last write.
+pub struct Batch {
+    settings: BatchSettings,
+    items: Vec<Pending>,
+    events: usize,
+    deadline: Option<Instant>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new(settings: BatchSettings) -> Self {
+        Self {
+            settings,
+            items: Vec::new(),
+            events: 0,
+            deadline: None,
+        }
+    }
+
+    /// Adds a delivery; the first one starts the clock.
+    pub fn push(&mut self, pending: Pending) {
+        if self.items.is_empty() {
+            self.deadline = Some(Instant::now() + self.settings.max_wait);
+        }
+        self.events += pending.envelope.events.len();
+        self.items.push(pending);
+    }
+
+    /// Whether the batch holds enough events to be written now.
+    pub fn is_full(&self) -> bool {
+        self.events >= self.settings.max_events
+    }
+
+    /// When the batch must be written at the latest; `None` while empty.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Events waiting.
+    pub fn events(&self) -> usize {
+        self.events
+    }
+
+    /// Takes the deliveries out, leaving the batch empty.
+    pub fn take(&mut self) -> Vec<Pending> {
+        self.events = 0;
+        self.deadline = None;
+        std::mem::take(&mut self.items)
+    }
+}

@@ -1,0 +1,156 @@
+//! Consumer settings: `WARREN_*` variables over documented defaults, validated at startup.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shared_types::config::{amqp_url, ConfigError, Settings};
+use shared_types::server::ServerSettings;
+use shared_types::topology::{QueueLimits, Topology};
+
+/// Everything the consumer needs to run.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// HTTP listen address for health and queries (`WARREN_CONSUMER_ADDR`).
+    pub addr: SocketAddr,
+    /// Where events are written (`WARREN_DATABASE_URL`).
+    pub database_url: String,
+    /// Where queries read (`WARREN_DATABASE_READ_URL`, default: the write URL).
+    pub database_read_url: String,
+    /// Largest number of pooled database connections, per pool.
+    pub pool_size: usize,
+    /// Longest wait for a pooled connection.
+    pub pool_timeout: Duration,
+    /// Queries are cancelled by Postgres after this long.
+    pub statement_timeout: Duration,
+    /// Batch writes are cancelled by Postgres after this long (then retried).
+    pub write_timeout: Duration,
+    /// AMQP URL (may hold a password).
+    pub amqp_url: String,
+    /// Names of the exchange and queues.
+    pub topology: Topology,
+    /// Store-queue arguments, applied only when the queue is first created.
+    pub queue_limits: QueueLimits,
+    /// How to batch deliveries into writes.
+    pub batch: BatchSettings,
+    /// Longest pause between reconnect or retry attempts.
+    pub max_backoff: Duration,
+    /// Connection bounds and the drain deadline of the HTTP server.
+    pub server: ServerSettings,
+    /// Test-only: a fixed delay added to every batch write, to measure consumer scaling.
+    pub write_delay: Duration,
+}
+
+/// When a batch is written: at `max_events` events or `max_wait` after its first delivery.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchSettings {
+    /// Events that fill a batch.
+    pub max_events: usize,
+    /// Longest time the first delivery of a batch waits for the write.
+    pub max_wait: Duration,
+    /// Unacknowledged messages the broker may push to this consumer (`basic.qos`).
+    pub prefetch: u16,
+}
+
+impl ConsumerConfig {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_settings(&Settings::from_env())
+    }
+
+    /// Reads any settings source; every bad value names its variable.
+    pub fn from_settings(settings: &Settings<'_>) -> Result<Self, ConfigError> {
+        let database_url = settings.string(
+            "WARREN_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/warren",
+        );
+        check_postgres_url("WARREN_DATABASE_URL", &database_url)?;
+        let database_read_url = settings.string("WARREN_DATABASE_READ_URL", &database_url);
+        check_postgres_url("WARREN_DATABASE_READ_URL", &database_read_url)?;
+        Ok(Self {
+            addr: settings.parse("WARREN_CONSUMER_ADDR", ([127, 0, 0, 1], 8082).into())?,
+            database_url,
+            database_read_url,
+            pool_size: settings.bounded("WARREN_DB_POOL_SIZE", 8, 1..=256)?,
+            pool_timeout: settings.millis("WARREN_DB_POOL_TIMEOUT_MS", 5_000, 10..=120_000)?,
+            statement_timeout: settings.millis(
+                "WARREN_STATEMENT_TIMEOUT_MS",
+                5_000,
+                10..=600_000,
+            )?,
+            write_timeout: settings.millis("WARREN_WRITE_TIMEOUT_MS", 30_000, 100..=600_000)?,
+            amqp_url: amqp_url(settings)?,
+            topology: Topology::from_settings(settings)?,
+            queue_limits: QueueLimits::from_settings(settings)?,
+            batch: BatchSettings {
+                max_events: settings.bounded("WARREN_BATCH_MAX_EVENTS", 500, 1..=50_000)?,
+                max_wait: settings.millis("WARREN_BATCH_MAX_WAIT_MS", 50, 1..=60_000)?,
+                prefetch: settings.bounded("WARREN_PREFETCH", 200, 1..=u16::MAX)?,
+            },
+            max_backoff: settings.millis("WARREN_RECONNECT_MAX_BACKOFF_MS", 5_000, 100..=300_000)?,
+            server: ServerSettings {
+                header_read_timeout: settings.millis(
+                    "WARREN_HEADER_TIMEOUT_MS",
+                    10_000,
+                    100..=600_000,
+                )?,
+                max_header_bytes: settings.bounded(
+                    "WARREN_MAX_HEADER_BYTES",
+                    16 * 1024,
+                    8192..=1024 * 1024,
+                )?,
+                shutdown_grace: settings.millis("WARREN_SHUTDOWN_GRACE_MS", 25_000, 0..=600_000)?,
+            },
+            write_delay: settings.millis("WARREN_TEST_WRITE_DELAY_MS", 0, 0..=60_000)?,
+        })
+    }
+}
+
+fn check_postgres_url(name: &str, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            name: name.into(),
+            value: shared_types::config::redact_url(url),
+            reason: "must start with postgres:// or postgresql://".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<ConsumerConfig, ConfigError> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        ConsumerConfig::from_settings(&Settings::from_lookup(move |name| {
+            pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        }))
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let config = config(&[]).unwrap();
+        assert_eq!(config.addr.to_string(), "127.0.0.1:8082");
+        assert_eq!(config.database_url, "postgres://postgres@127.0.0.1:5432/warren");
+        assert_eq!(config.database_read_url, config.database_url);
+        assert_eq!(config.topology.store_queue(), "warren.events.store");
+        assert_eq!(config.batch.max_events, 500);
+        assert_eq!(config.batch.max_wait, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn bad_database_url_names_the_variable() {
+        let error = config(&[("WARREN_DATABASE_URL", "mysql://x")]).unwrap_err();
+        assert_eq!(error.name, "WARREN_DATABASE_URL");
+    }
+
+    #[test]
+    fn zero_prefetch_is_refused() {
+        let error = config(&[("WARREN_PREFETCH", "0")]).unwrap_err();
+        assert_eq!(error.name, "WARREN_PREFETCH");
+    }
+}

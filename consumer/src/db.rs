@@ -1,0 +1,182 @@
+//! Database plumbing: pools, creating the database, and migrations under an advisory lock so
+//! replicas starting together cannot race.
+
+use std::time::Duration;
+
+use diesel::ConnectionError;
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+/// The migrations in `migrations/`, compiled in.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
+
+/// Advisory lock key held while migrating ("warren" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0077_6172_7265_6e;
+
+/// A pool of Postgres connections.
+pub type PgPool = Pool<AsyncPgConnection>;
+
+/// Database failures at startup.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Could not connect.
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// The URL, password redacted.
+        url: String,
+        /// Why.
+        source: ConnectionError,
+    },
+    /// A statement failed.
+    #[error("database statement failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// The pool could not be built.
+    #[error("cannot build the connection pool: {0}")]
+    Pool(String),
+    /// The URL names no database.
+    #[error("the database URL names no database: {0}")]
+    NoDatabaseName(String),
+}
+
+/// A pool whose connections cancel any statement running longer than `statement_timeout`.
+pub fn pool(
+    url: &str,
+    size: usize,
+    wait_timeout: Duration,
+    statement_timeout: Duration,
+) -> Result<PgPool, DbError> {
+    let millis = statement_timeout.as_millis();
+    let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+    manager_config.custom_setup = Box::new(move |url| {
+        let url = url.to_owned();
+        Box::pin(async move {
+            let mut connection = AsyncPgConnection::establish(&url).await?;
+            diesel::sql_query(format!("SET statement_timeout = {millis}"))
+                .execute(&mut connection)
+                .await
+                .map_err(ConnectionError::CouldntSetupConfiguration)?;
+            Ok(connection)
+        })
+    });
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        url,
+        manager_config,
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(wait_timeout))
+        .create_timeout(Some(wait_timeout))
+        .recycle_timeout(Some(wait_timeout))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|error| DbError::Pool(error.to_string()))
+}
+
+/// Creates the database `url` names when it does not exist, connecting to `postgres` to do so.
+pub async fn ensure_database(url: &str) -> Result<(), DbError> {
+    let (admin_url, name) = split_database(url)?;
+    let mut admin = connect(&admin_url).await?;
+    #[derive(diesel::QueryableByName)]
+    struct Found {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        exists: bool,
+    }
+    let found: Found =
+        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+            .bind::<diesel::sql_types::Text, _>(&name)
+            .get_result(&mut admin)
+            .await?;
+    if !found.exists {
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        match diesel::sql_query(format!("CREATE DATABASE {quoted}"))
+            .execute(&mut admin)
+            .await
+        {
+            Ok(_) => tracing::info!(database = %name, "created the database"),
+            // Another replica created it between our check and our CREATE.
+            Err(error) if error.to_string().contains("already exists") => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Creates the database if needed and applies pending migrations, holding an advisory lock so
+/// that only one replica migrates at a time. Needs the multi-threaded runtime.
+pub async fn migrate(url: &str) -> Result<usize, DbError> {
+    ensure_database(url).await?;
+    let mut connection = connect(url).await?;
+    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+        .execute(&mut connection)
+        .await?;
+    let mut harness = AsyncMigrationHarness::new(connection);
+    let applied = harness
+        .run_pending_migrations(MIGRATIONS)
+        .map(|versions| versions.len())
+        .map_err(|error| DbError::Migration(error.to_string()));
+    let mut connection = harness.into_inner();
+    diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+        .execute(&mut connection)
+        .await?;
+    let applied = applied?;
+    if applied > 0 {
+        tracing::info!(applied, "applied migrations");
+    }
+    Ok(applied)
+}
+
+/// One connection outside any pool.
+pub async fn connect(url: &str) -> Result<AsyncPgConnection, DbError> {
+    AsyncPgConnection::establish(url)
+        .await
+        .map_err(|source| DbError::Connect {
+            url: shared_types::config::redact_url(url),
+            source,
+        })
+}
+
+/// Splits `postgres://u@h:p/name?x` into (`postgres://u@h:p/postgres?x`, `name`).
+pub fn split_database(url: &str) -> Result<(String, String), DbError> {
+    let no_name = || DbError::NoDatabaseName(shared_types::config::redact_url(url));
+    let authority_start = url.find("://").ok_or_else(no_name)? + 3;
+    let path_start = url[authority_start..]
+        .find('/')
+        .map(|offset| authority_start + offset)
+        .ok_or_else(no_name)?;
+    let (path, query) = match url[path_start + 1..].split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (&url[path_start + 1..], None),
+    };
+    if path.is_empty() {
+        return Err(no_name());
+    }
+    let mut admin = format!("{}/postgres", &url[..path_start]);
+    if let Some(query) = query {
+        admin.push('?');
+        admin.push_str(query);
+    }
+    Ok((admin, path.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_name_is_split_from_the_url() {
+        let (admin, name) = split_database("postgres://u:p@h:5432/warren?sslmode=disable").unwrap();
+        assert_eq!(admin, "postgres://u:p@h:5432/postgres?sslmode=disable");
+        assert_eq!(name, "warren");
+    }
+
+    #[test]
+    fn url_without_database_is_refused() {
+        assert!(split_database("postgres://h:5432").is_err());
+        assert!(split_database("postgres://h:5432/").is_err());
+    }
+}

@@ -1,0 +1,292 @@
+//! The write path: deliveries in, one transaction per batch, acks only after the commit.
+//!
+//! Failure handling follows one rule: a good event is never dead-lettered. A message that cannot
+//! be decoded is rejected without requeue (the broker dead-letters it). A failing write is retried
+//! with backoff while its deliveries stay unacknowledged; only when the database answers health
+//! checks and the same batch still fails is it split, and a message that fails alone on a healthy
+//! database is dead-lettered.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+};
+use lapin::types::{FieldTable, LongString};
+use lapin::{Connection, ConnectionProperties};
+use shared_types::backoff::backoff;
+use shared_types::Envelope;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{Batch, Pending};
+use crate::config::ConsumerConfig;
+use crate::db::PgPool;
+use crate::store;
+
+/// Failed attempts of one batch, on a database that answers health checks, before it is split.
+const ATTEMPTS_BEFORE_ISOLATING: u32 = 3;
+
+/// Most request ids listed on one batch log line.
+const LOGGED_REQUEST_IDS: usize = 20;
+
+/// What the worker reports to `/readyz`.
+#[derive(Debug, Default)]
+pub struct WorkerStatus {
+    /// Subscribed to the store queue right now.
+    pub consuming: AtomicBool,
+}
+
+/// Why a consuming session ended, other than shutdown.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the broker cancelled the subscription or closed the channel")]
+    SubscriptionEnded,
+    #[error("the database went away while a batch was being split")]
+    DatabaseLost,
+}
+
+/// Consumes until `cancel` fires, reconnecting with backoff whenever the broker connection fails.
+pub async fn run(
+    config: Arc<ConsumerConfig>,
+    pool: PgPool,
+    status: Arc<WorkerStatus>,
+    cancel: CancellationToken,
+) {
+    let mut failures = 0;
+    while !cancel.is_cancelled() {
+        let result = session(&config, &pool, &status, &cancel).await;
+        status.consuming.store(false, Ordering::Release);
+        match result {
+            Ok(()) => break,
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(%error, failures, "consumer session ended; reconnecting");
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep(backoff(failures, config.max_backoff)) => {}
+        }
+    }
+    tracing::info!("consumer stopped");
+}
+
+async fn session(
+    config: &ConsumerConfig,
+    pool: &PgPool,
+    status: &WorkerStatus,
+    cancel: &CancellationToken,
+) -> Result<(), SessionError> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(LongString::from("warren-consumer"));
+    let connection = Connection::connect(&config.amqp_url, properties).await?;
+    config
+        .topology
+        .declare(&connection, config.queue_limits)
+        .await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(config.batch.prefetch, BasicQosOptions::default())
+        .await?;
+    let tag = format!("warren-consumer-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+    let mut deliveries = channel
+        .basic_consume(
+            config.topology.store_queue().as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    status.consuming.store(true, Ordering::Release);
+    tracing::info!(queue = %config.topology.store_queue(), consumer_tag = %tag, "consuming");
+
+    let mut batch = Batch::new(config.batch);
+    loop {
+        let deadline = batch.deadline();
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => {
+                status.consuming.store(false, Ordering::Release);
+                let _ = channel
+                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                    .await;
+                flush(config, pool, &mut batch, cancel).await?;
+                let _ = connection.close(200, "consumer shutting down".into()).await;
+                return Ok(());
+            }
+            () = sleep_until(deadline) => {
+                flush(config, pool, &mut batch, cancel).await?;
+            }
+            delivery = deliveries.next() => {
+                let delivery = match delivery {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(error)) => return Err(error.into()),
+                    None => return Err(SessionError::SubscriptionEnded),
+                };
+                match Envelope::decode(&delivery.data) {
+                    Ok(envelope) => {
+                        batch.push(Pending {
+                            acker: delivery.acker,
+                            delivery_tag: delivery.delivery_tag,
+                            envelope,
+                        });
+                        if batch.is_full() {
+                            flush(config, pool, &mut batch, cancel).await?;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(
+                            delivery_tag = delivery.delivery_tag,
+                            bytes = delivery.data.len(),
+                            reason = %error,
+                            "dead-lettering a message that cannot be decoded"
+                        );
+                        delivery
+                            .acker
+                            .reject(BasicRejectOptions { requeue: false })
+                            .await?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes the batch and acknowledges it. On shutdown during a database outage it gives up
+/// without acknowledging: the broker redelivers, and the table key dedupes.
+async fn flush(
+    config: &ConsumerConfig,
+    pool: &PgPool,
+    batch: &mut Batch,
+    cancel: &CancellationToken,
+) -> Result<(), SessionError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let events = batch.events();
+    let items = batch.take();
+    if !config.write_delay.is_zero() {
+        tokio::time::sleep(config.write_delay).await;
+    }
+    let started = tokio::time::Instant::now();
+    let mut failures = 0u32;
+    loop {
+        let envelopes: Vec<&Envelope> = items.iter().map(|p| &p.envelope).collect();
+        match write(pool, &envelopes).await {
+            Ok(inserted) => {
+                if let Some(last) = items.iter().max_by_key(|p| p.delivery_tag) {
+                    last.acker.ack(BasicAckOptions { multiple: true }).await?;
+                }
+                let request_ids: Vec<&str> = items
+                    .iter()
+                    .map(|p| p.envelope.request_id.as_str())
+                    .take(LOGGED_REQUEST_IDS)
+                    .collect();
+                tracing::info!(
+                    messages = items.len(),
+                    events,
+                    inserted,
+                    duplicates = events - inserted,
+                    write_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    ?request_ids,
+                    "stored batch"
+                );
+                return Ok(());
+            }
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(%error, failures, events, "batch write failed; holding its deliveries");
+                if failures >= ATTEMPTS_BEFORE_ISOLATING && database_answers(pool).await {
+                    return isolate(pool, items).await;
+                }
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => {
+                tracing::warn!(events, "shutting down with an unwritten batch; the broker will redeliver it");
+                return Ok(());
+            }
+            () = tokio::time::sleep(backoff(failures, config.max_backoff)) => {}
+        }
+    }
+}
+
+/// The database is up but the batch keeps failing: write message by message, dead-letter only
+/// the messages that fail on their own.
+async fn isolate(pool: &PgPool, items: Vec<Pending>) -> Result<(), SessionError> {
+    for pending in items {
+        match write(pool, &[&pending.envelope]).await {
+            Ok(_) => {
+                pending.acker.ack(BasicAckOptions::default()).await?;
+            }
+            Err(error) if database_answers(pool).await => {
+                tracing::error!(
+                    %error,
+                    request_id = %pending.envelope.request_id,
+                    events = pending.envelope.events.len(),
+                    "dead-lettering a message the database refuses"
+                );
+                pending
+                    .acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?;
+            }
+            // The database went away again: leave the rest unacknowledged for redelivery.
+            Err(error) => {
+                tracing::warn!(%error, "database lost while isolating a batch");
+                return Err(SessionError::DatabaseLost);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why a write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// No pooled connection.
+    #[error("no database connection: {0}")]
+    Pool(String),
+    /// The statement or the commit failed.
+    #[error("{0}")]
+    Query(#[from] diesel::result::Error),
+}
+
+/// One transaction for all `envelopes`; returns the number of new rows.
+pub async fn write(pool: &PgPool, envelopes: &[&Envelope]) -> Result<usize, WriteError> {
+    let mut connection = pool
+        .get()
+        .await
+        .map_err(|error| WriteError::Pool(error.to_string()))?;
+    let inserted = connection
+        .transaction(async |connection| store::insert_events(connection, envelopes).await)
+        .await?;
+    Ok(inserted)
+}
+
+/// Whether the database answers a trivial query within a second.
+pub async fn database_answers(pool: &PgPool) -> bool {
+    let probe = async {
+        let mut connection = pool.get().await.ok()?;
+        diesel::sql_query("SELECT 1")
+            .execute(&mut connection)
+            .await
+            .ok()
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), probe).await,
+        Ok(Some(_))
+    )
+}
