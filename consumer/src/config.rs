@@ -86,7 +86,11 @@ impl ConsumerConfig {
                 max_wait: settings.millis("WARREN_BATCH_MAX_WAIT_MS", 50, 1..=60_000)?,
                 prefetch: settings.bounded("WARREN_PREFETCH", 200, 1..=u16::MAX)?,
             },
-            max_backoff: settings.millis("WARREN_RECONNECT_MAX_BACKOFF_MS", 5_000, 100..=300_000)?,
+            max_backoff: settings.millis(
+                "WARREN_RECONNECT_MAX_BACKOFF_MS",
+                5_000,
+                100..=300_000,
+            )?,
             server: ServerSettings {
                 header_read_timeout: settings.millis(
                     "WARREN_HEADER_TIMEOUT_MS",
@@ -127,7 +131,10 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         ConsumerConfig::from_settings(&Settings::from_lookup(move |name| {
-            pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
         }))
     }
 
@@ -135,7 +142,10 @@ mod tests {
     fn defaults_match_the_documented_values() {
         let config = config(&[]).unwrap();
         assert_eq!(config.addr.to_string(), "127.0.0.1:8082");
-        assert_eq!(config.database_url, "postgres://postgres@127.0.0.1:5432/warren");
+        assert_eq!(
+            config.database_url,
+            "postgres://postgres@127.0.0.1:5432/warren"
+        );
         assert_eq!(config.database_read_url, config.database_url);
         assert_eq!(config.topology.store_queue(), "warren.events.store");
         assert_eq!(config.batch.max_events, 500);

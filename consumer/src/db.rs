@@ -13,7 +13,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
 
 /// Advisory lock key held while migrating ("warren" in ASCII).
-const MIGRATION_LOCK: i64 = 0x0077_6172_7265_6e;
+const MIGRATION_LOCK: i64 = 0x0000_7761_7272_656e;
 
 /// A pool of Postgres connections.
 pub type PgPool = Pool<AsyncPgConnection>;
@@ -63,10 +63,8 @@ pub fn pool(
             Ok(connection)
         })
     });
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
-        url,
-        manager_config,
-    );
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config);
     Pool::builder(manager)
         .max_size(size)
         .wait_timeout(Some(wait_timeout))

@@ -50,7 +50,10 @@ pub async fn handle(
     response
 }
 
-async fn route(state: &AppState, request: &Request<Incoming>) -> (&'static str, Response<Full<Bytes>>) {
+async fn route(
+    state: &AppState,
+    request: &Request<Incoming>,
+) -> (&'static str, Response<Full<Bytes>>) {
     let path = request.uri().path();
     match (request.method(), path) {
         (&Method::GET, "/healthz") => (

@@ -82,8 +82,8 @@ async fn session(
     status: &WorkerStatus,
     cancel: &CancellationToken,
 ) -> Result<(), SessionError> {
-    let properties = ConnectionProperties::default()
-        .with_connection_name(LongString::from("warren-consumer"));
+    let properties =
+        ConnectionProperties::default().with_connection_name(LongString::from("warren-consumer"));
     let connection = Connection::connect(&config.amqp_url, properties).await?;
     config
         .topology
@@ -93,7 +93,11 @@ async fn session(
     channel
         .basic_qos(config.batch.prefetch, BasicQosOptions::default())
         .await?;
-    let tag = format!("warren-consumer-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+    let tag = format!(
+        "warren-consumer-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
     let mut deliveries = channel
         .basic_consume(
             config.topology.store_queue().as_str().into(),

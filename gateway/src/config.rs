@@ -95,11 +95,8 @@ pub fn limits(settings: &Settings<'_>) -> Result<Limits, ConfigError> {
 }
 
 fn broker(settings: &Settings<'_>, limits: &Limits) -> Result<BrokerSettings, ConfigError> {
-    let max_in_flight: usize = settings.bounded(
-        "WARREN_MAX_INFLIGHT_PUBLISHES",
-        10_000,
-        1..=1_000_000,
-    )?;
+    let max_in_flight: usize =
+        settings.bounded("WARREN_MAX_INFLIGHT_PUBLISHES", 10_000, 1..=1_000_000)?;
     if max_in_flight < limits.max_batch_events {
         return Err(ConfigError {
             name: "WARREN_MAX_INFLIGHT_PUBLISHES".into(),
@@ -131,7 +128,10 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         GatewayConfig::from_settings(&Settings::from_lookup(move |name| {
-            pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
         }))
     }
 

@@ -123,7 +123,9 @@ pub fn decode_events(
             structured(body, &rules).map(|e| (Mode::Structured, vec![e]))
         }
         Some("application/cloudevents-batch+json") => batch(body, &rules).map(|e| (Mode::Batch, e)),
-        _ if has_ce_headers(headers) => binary(headers, body, &rules).map(|e| (Mode::Binary, vec![e])),
+        _ if has_ce_headers(headers) => {
+            binary(headers, body, &rules).map(|e| (Mode::Binary, vec![e]))
+        }
         Some("application/json") => {
             let value = parse_strict(body, limits.max_depth + 1).map_err(DecodeError::Json)?;
             if value.is_array() {
@@ -251,7 +253,10 @@ fn binary(headers: &HeaderMap, body: &[u8], rules: &Validation<'_>) -> Result<Ev
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
     if let Some(content_type) = &content_type {
-        attributes.insert("datacontenttype".into(), Value::String(content_type.clone()));
+        attributes.insert(
+            "datacontenttype".into(),
+            Value::String(content_type.clone()),
+        );
     }
     if !body.is_empty() {
         if content_type.as_deref().is_some_and(is_json_media_type) {
@@ -320,7 +325,10 @@ mod tests {
         map
     }
 
-    fn decode(pairs: &[(&'static str, &str)], body: &[u8]) -> Result<(Mode, Vec<Event>), DecodeError> {
+    fn decode(
+        pairs: &[(&'static str, &str)],
+        body: &[u8],
+    ) -> Result<(Mode, Vec<Event>), DecodeError> {
         decode_events(&headers(pairs), body, &Limits::default(), Utc::now())
     }
 
@@ -328,45 +336,78 @@ mod tests {
 
     #[test]
     fn structured_mode_reads_one_event() {
-        let (mode, events) = decode(&[("content-type", "application/cloudevents+json")], EVENT.as_bytes()).unwrap();
+        let (mode, events) = decode(
+            &[("content-type", "application/cloudevents+json")],
+            EVENT.as_bytes(),
+        )
+        .unwrap();
         assert_eq!(mode, Mode::Structured);
         assert_eq!(events.len(), 1);
     }
 
     #[test]
     fn plain_json_object_is_structured_and_array_is_batch() {
-        let (mode, _) = decode(&[("content-type", "application/json; charset=utf-8")], EVENT.as_bytes()).unwrap();
+        let (mode, _) = decode(
+            &[("content-type", "application/json; charset=utf-8")],
+            EVENT.as_bytes(),
+        )
+        .unwrap();
         assert_eq!(mode, Mode::Structured);
         let body = format!("[{EVENT},{EVENT}]");
-        let (mode, events) = decode(&[("content-type", "application/json")], body.as_bytes()).unwrap();
+        let (mode, events) =
+            decode(&[("content-type", "application/json")], body.as_bytes()).unwrap();
         assert_eq!((mode, events.len()), (Mode::Batch, 2));
     }
 
     #[test]
     fn batch_mode_must_be_an_array() {
-        let error = decode(&[("content-type", "application/cloudevents-batch+json")], EVENT.as_bytes()).unwrap_err();
+        let error = decode(
+            &[("content-type", "application/cloudevents-batch+json")],
+            EVENT.as_bytes(),
+        )
+        .unwrap_err();
         assert!(matches!(error, DecodeError::Json(p) if p.code == ErrorCode::NotAnArray));
     }
 
     #[test]
     fn batch_reports_each_invalid_index() {
         let body = format!(r#"[{EVENT}, {{"id": 5}}, 7, {EVENT}]"#);
-        let error = decode(&[("content-type", "application/cloudevents-batch+json")], body.as_bytes()).unwrap_err();
-        let DecodeError::InvalidEvents(problems) = error else { panic!("{error:?}") };
+        let error = decode(
+            &[("content-type", "application/cloudevents-batch+json")],
+            body.as_bytes(),
+        )
+        .unwrap_err();
+        let DecodeError::InvalidEvents(problems) = error else {
+            panic!("{error:?}")
+        };
         let indexes: std::collections::BTreeSet<_> = problems.iter().map(|p| p.index).collect();
-        assert_eq!(indexes.into_iter().collect::<Vec<_>>(), vec![Some(1), Some(2)]);
+        assert_eq!(
+            indexes.into_iter().collect::<Vec<_>>(),
+            vec![Some(1), Some(2)]
+        );
     }
 
     #[test]
     fn empty_batch_and_oversized_batch_are_refused() {
         assert_eq!(
-            decode(&[("content-type", "application/cloudevents-batch+json")], b"[]").unwrap_err(),
+            decode(
+                &[("content-type", "application/cloudevents-batch+json")],
+                b"[]"
+            )
+            .unwrap_err(),
             DecodeError::EmptyBatch
         );
         let body = format!("[{}]", vec![EVENT; 501].join(","));
         assert_eq!(
-            decode(&[("content-type", "application/cloudevents-batch+json")], body.as_bytes()).unwrap_err(),
-            DecodeError::BatchTooLarge { count: 501, limit: 500 }
+            decode(
+                &[("content-type", "application/cloudevents-batch+json")],
+                body.as_bytes()
+            )
+            .unwrap_err(),
+            DecodeError::BatchTooLarge {
+                count: 501,
+                limit: 500
+            }
         );
     }
 
@@ -389,13 +430,22 @@ mod tests {
         let event = &events[0];
         assert_eq!(event.subject.as_deref(), Some("café"));
         assert_eq!(event.extensions["myext"], serde_json::json!("v"));
-        assert_eq!(event.data, Some(EventData::Json(serde_json::json!({"k": 1}))));
+        assert_eq!(
+            event.data,
+            Some(EventData::Json(serde_json::json!({"k": 1})))
+        );
     }
 
     #[test]
     fn binary_mode_with_opaque_body_is_base64() {
         let (_, events) = decode(
-            &[("ce-specversion", "1.0"), ("ce-id", "b"), ("ce-source", "/s"), ("ce-type", "t"), ("content-type", "application/octet-stream")],
+            &[
+                ("ce-specversion", "1.0"),
+                ("ce-id", "b"),
+                ("ce-source", "/s"),
+                ("ce-type", "t"),
+                ("content-type", "application/octet-stream"),
+            ],
             &[0, 159, 146, 150],
         )
         .unwrap();
@@ -404,8 +454,19 @@ mod tests {
 
     #[test]
     fn binary_mode_without_specversion_is_missing_attribute() {
-        let error = decode(&[("ce-id", "b"), ("ce-source", "/s"), ("ce-type", "t"), ("content-type", "text/plain")], b"hi").unwrap_err();
-        let DecodeError::InvalidEvents(problems) = error else { panic!("{error:?}") };
+        let error = decode(
+            &[
+                ("ce-id", "b"),
+                ("ce-source", "/s"),
+                ("ce-type", "t"),
+                ("content-type", "text/plain"),
+            ],
+            b"hi",
+        )
+        .unwrap_err();
+        let DecodeError::InvalidEvents(problems) = error else {
+            panic!("{error:?}")
+        };
         assert_eq!(problems[0].code, ErrorCode::MissingAttribute);
         assert_eq!(problems[0].pointer, "/specversion");
     }
@@ -416,7 +477,10 @@ mod tests {
             decode(&[("content-type", "text/plain")], EVENT.as_bytes()).unwrap_err(),
             DecodeError::UnsupportedMediaType("text/plain".into())
         );
-        assert_eq!(decode(&[], EVENT.as_bytes()).unwrap_err(), DecodeError::UnsupportedMediaType(String::new()));
+        assert_eq!(
+            decode(&[], EVENT.as_bytes()).unwrap_err(),
+            DecodeError::UnsupportedMediaType(String::new())
+        );
     }
 
     fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -428,7 +492,8 @@ mod tests {
     #[test]
     fn gzip_body_is_decompressed() {
         let body = gzip(EVENT.as_bytes());
-        let decoded = decode_content(&headers(&[("content-encoding", "gzip")]), body.into(), 1024).unwrap();
+        let decoded =
+            decode_content(&headers(&[("content-encoding", "gzip")]), body.into(), 1024).unwrap();
         assert_eq!(&decoded[..], EVENT.as_bytes());
     }
 
@@ -436,19 +501,34 @@ mod tests {
     fn gzip_bomb_stops_at_the_limit() {
         let bomb = gzip(&vec![b' '; 50 * 1024 * 1024]);
         assert!(bomb.len() < 100 * 1024);
-        let error = decode_content(&headers(&[("content-encoding", "gzip")]), bomb.into(), 1024 * 1024).unwrap_err();
+        let error = decode_content(
+            &headers(&[("content-encoding", "gzip")]),
+            bomb.into(),
+            1024 * 1024,
+        )
+        .unwrap_err();
         assert_eq!(error, DecodeError::BodyTooLarge { limit: 1024 * 1024 });
     }
 
     #[test]
     fn gzip_header_on_a_plain_body_is_invalid() {
-        let error = decode_content(&headers(&[("content-encoding", "gzip")]), EVENT.as_bytes().to_vec().into(), 1024).unwrap_err();
+        let error = decode_content(
+            &headers(&[("content-encoding", "gzip")]),
+            EVENT.as_bytes().to_vec().into(),
+            1024,
+        )
+        .unwrap_err();
         assert_eq!(error, DecodeError::InvalidGzip);
     }
 
     #[test]
     fn other_encodings_are_unsupported() {
-        let error = decode_content(&headers(&[("content-encoding", "br")]), EVENT.as_bytes().to_vec().into(), 1024).unwrap_err();
+        let error = decode_content(
+            &headers(&[("content-encoding", "br")]),
+            EVENT.as_bytes().to_vec().into(),
+            1024,
+        )
+        .unwrap_err();
         assert_eq!(error, DecodeError::UnsupportedEncoding("br".into()));
     }
 }

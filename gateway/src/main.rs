@@ -10,7 +10,9 @@ async fn main() -> anyhow::Result<()> {
     match std::env::args().nth(1).as_deref() {
         None | Some("serve") => {}
         Some("healthcheck") => return shared_types::healthcheck::probe(config.addr).await,
-        Some(other) => anyhow::bail!("unknown subcommand {other:?}; usage: gateway [serve|healthcheck]"),
+        Some(other) => {
+            anyhow::bail!("unknown subcommand {other:?}; usage: gateway [serve|healthcheck]")
+        }
     }
     shared_types::telemetry::init("info,lapin=warn")?;
     let listener = tokio::net::TcpListener::bind(config.addr)

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use shared_types::backoff::backoff;
 use shared_types::envelope::{CONTENT_TYPE, REQUEST_ID_HEADER};
@@ -249,7 +249,10 @@ async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
                 }
                 shared.blocked.store(false, Ordering::Release);
                 if cancel.is_cancelled() {
-                    let _ = live.connection.close(200, "gateway shutting down".into()).await;
+                    let _ = live
+                        .connection
+                        .close(200, "gateway shutting down".into())
+                        .await;
                     tracing::info!("publishing connection closed");
                     return;
                 }

@@ -9,7 +9,9 @@ use rand::Rng;
 pub fn backoff(failures: u32, max: Duration) -> Duration {
     let exponent = failures.min(16);
     let ceiling = Duration::from_millis(100u64.saturating_mul(1 << exponent)).min(max);
-    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX).max(1);
+    let millis = u64::try_from(ceiling.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
     Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
 }
 

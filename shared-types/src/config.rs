@@ -17,9 +17,12 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+/// A function from a variable name to its value.
+type Lookup<'a> = Box<dyn Fn(&str) -> Option<String> + 'a>;
+
 /// Where settings come from: the process environment, or a map in tests.
 pub struct Settings<'a> {
-    lookup: Box<dyn Fn(&str) -> Option<String> + 'a>,
+    lookup: Lookup<'a>,
 }
 
 impl Settings<'static> {
@@ -95,7 +98,8 @@ impl<'a> Settings<'a> {
         default: u64,
         range: std::ops::RangeInclusive<u64>,
     ) -> Result<Duration, ConfigError> {
-        self.bounded(name, default, range).map(Duration::from_millis)
+        self.bounded(name, default, range)
+            .map(Duration::from_millis)
     }
 }
 
@@ -155,7 +159,12 @@ mod tests {
         let error = settings(&[("WARREN_X", "seven")])
             .parse("WARREN_X", 7u32)
             .unwrap_err();
-        assert!(error.to_string().starts_with("WARREN_X=\"seven\" is invalid"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("WARREN_X=\"seven\" is invalid"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -172,6 +181,9 @@ mod tests {
             redact_url("amqp://guest:secret@host:5672/%2f"),
             "amqp://guest:***@host:5672/%2f"
         );
-        assert_eq!(redact_url("postgres://postgres@h/db"), "postgres://postgres@h/db");
+        assert_eq!(
+            redact_url("postgres://postgres@h/db"),
+            "postgres://postgres@h/db"
+        );
     }
 }

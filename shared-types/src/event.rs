@@ -122,7 +122,10 @@ impl Event {
         let source = required_string(&mut object, "source", limits, &mut problems);
         if let Some(source) = &source {
             if fluent_uri::UriRef::parse(source.as_str()).is_err() {
-                problems.push(invalid("source", "source must be a URI-reference (RFC 3986)"));
+                problems.push(invalid(
+                    "source",
+                    "source must be a URI-reference (RFC 3986)",
+                ));
             }
         }
         let event_type = required_string(&mut object, "type", limits, &mut problems);
@@ -319,7 +322,10 @@ fn optional_string(
                 ));
                 None
             } else if text.contains('\0') {
-                problems.push(invalid(name, &format!("{name} must not contain NUL (\\u0000)")));
+                problems.push(invalid(
+                    name,
+                    &format!("{name} must not contain NUL (\\u0000)"),
+                ));
                 None
             } else {
                 Some(text)
@@ -354,7 +360,10 @@ fn parse_time(
     if let Some(now) = rules.now {
         let skew = chrono::Duration::from_std(rules.limits.max_future_skew)
             .unwrap_or(chrono::Duration::MAX);
-        if now.checked_add_signed(skew).is_some_and(|latest| time > latest) {
+        if now
+            .checked_add_signed(skew)
+            .is_some_and(|latest| time > latest)
+        {
             problems.push(Problem::new(
                 ErrorCode::InvalidTime,
                 "/time",
@@ -374,9 +383,9 @@ fn is_media_type(text: &str) -> bool {
     let essence = text.split(';').next().unwrap_or_default().trim();
     let is_token = |part: &str| {
         !part.is_empty()
-            && part.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-            })
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
     };
     let well_formed = match essence.split_once('/') {
         Some((kind, subtype)) => is_token(kind) && is_token(subtype),
@@ -401,8 +410,14 @@ fn take_data(object: &mut Map<String, Value>, problems: &mut Vec<Problem>) -> Op
             Some(EventData::Json(value))
         }
         (None, Some(Value::String(text))) => {
-            if base64::engine::general_purpose::STANDARD.decode(&text).is_err() {
-                problems.push(invalid("data_base64", "data_base64 must be valid base64 (RFC 4648)"));
+            if base64::engine::general_purpose::STANDARD
+                .decode(&text)
+                .is_err()
+            {
+                problems.push(invalid(
+                    "data_base64",
+                    "data_base64 must be valid base64 (RFC 4648)",
+                ));
                 None
             } else {
                 Some(EventData::Base64(text))
@@ -472,9 +487,7 @@ fn take_extensions(
                 extensions.insert(name, value);
             }
             Value::Number(ref number)
-                if number
-                    .as_i64()
-                    .is_some_and(|n| i32::try_from(n).is_ok()) =>
+                if number.as_i64().is_some_and(|n| i32::try_from(n).is_ok()) =>
             {
                 extensions.insert(name, value);
             }
@@ -594,7 +607,14 @@ mod tests {
 
     #[test]
     fn wrong_json_types_are_invalid_attributes() {
-        for name in ["id", "source", "type", "subject", "datacontenttype", "dataschema"] {
+        for name in [
+            "id",
+            "source",
+            "type",
+            "subject",
+            "datacontenttype",
+            "dataschema",
+        ] {
             assert_eq!(
                 codes(with(name, json!(42))),
                 vec![(ErrorCode::InvalidAttribute, format!("/{name}"))],
@@ -648,7 +668,11 @@ mod tests {
 
     #[test]
     fn datacontenttype_must_be_a_media_type() {
-        assert!(validate(with("datacontenttype", json!("application/json; charset=utf-8"))).is_ok());
+        assert!(validate(with(
+            "datacontenttype",
+            json!("application/json; charset=utf-8")
+        ))
+        .is_ok());
         assert_eq!(
             codes(with("datacontenttype", json!("json"))),
             vec![(ErrorCode::InvalidAttribute, "/datacontenttype".into())]
@@ -735,7 +759,12 @@ mod tests {
 
     #[test]
     fn extension_names_outside_a_to_z_and_digits_are_refused() {
-        for name in ["Upper", "with-dash", "with_underscore", "abcdefghijklmnopqrstu"] {
+        for name in [
+            "Upper",
+            "with-dash",
+            "with_underscore",
+            "abcdefghijklmnopqrstu",
+        ] {
             assert_eq!(
                 codes(with(name, json!("x"))),
                 vec![(ErrorCode::InvalidExtensionName, format!("/{name}"))],
@@ -746,7 +775,12 @@ mod tests {
 
     #[test]
     fn extension_values_must_be_scalars_of_the_type_system() {
-        for value in [json!({"a": 1}), json!([1]), json!(1.5), json!(3_000_000_000_i64)] {
+        for value in [
+            json!({"a": 1}),
+            json!([1]),
+            json!(1.5),
+            json!(3_000_000_000_i64),
+        ] {
             assert_eq!(
                 codes(with("ext", value.clone())),
                 vec![(ErrorCode::InvalidAttribute, "/ext".into())],
@@ -763,7 +797,10 @@ mod tests {
 
     #[test]
     fn non_object_is_refused() {
-        assert_eq!(codes(json!([1])), vec![(ErrorCode::NotAnObject, String::new())]);
+        assert_eq!(
+            codes(json!([1])),
+            vec![(ErrorCode::NotAnObject, String::new())]
+        );
     }
 
     #[test]

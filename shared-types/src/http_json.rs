@@ -2,7 +2,7 @@
 //! `{"error": {"code": "...", "message": "...", "details": [...]}}`.
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;

@@ -19,7 +19,11 @@ const DUPLICATE_KEY: &str = "duplicate key";
 /// (the outermost value is depth 1), non-finite numbers and trailing bytes.
 pub fn parse_strict(bytes: &[u8], max_depth: usize) -> Result<Value, Problem> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(Problem::new(ErrorCode::InvalidJson, "", "the body is empty"));
+        return Err(Problem::new(
+            ErrorCode::InvalidJson,
+            "",
+            "the body is empty",
+        ));
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = StrictValue {
@@ -40,7 +44,11 @@ fn classify(error: &serde_json::Error, max_depth: usize) -> Problem {
             format!("JSON is nested deeper than {max_depth} levels"),
         )
     } else {
-        Problem::new(ErrorCode::InvalidJson, "", format!("malformed JSON: {text}"))
+        Problem::new(
+            ErrorCode::InvalidJson,
+            "",
+            format!("malformed JSON: {text}"),
+        )
     }
 }
 
@@ -149,7 +157,10 @@ mod tests {
     #[test]
     fn duplicate_keys_are_refused() {
         assert_eq!(code_of(br#"{"a": 1, "a": 2}"#), ErrorCode::InvalidJson);
-        assert_eq!(code_of(br#"{"x": {"a": 1, "a": 1}}"#), ErrorCode::InvalidJson);
+        assert_eq!(
+            code_of(br#"{"x": {"a": 1, "a": 1}}"#),
+            ErrorCode::InvalidJson
+        );
     }
 
     #[test]

@@ -20,10 +20,27 @@ use tokio::net::TcpListener;
 pub struct ServerSettings {
     /// A client must finish sending its request headers within this time.
     pub header_read_timeout: Duration,
-    /// Largest request head (request line plus headers) accepted, in bytes.
+    /// Largest request head the services accept with a JSON 431; hyper itself cuts the
+    /// connection at four times this (see [`ServerSettings::hard_header_limit`]).
     pub max_header_bytes: usize,
     /// How long in-flight requests may take to finish after shutdown starts.
     pub shutdown_grace: Duration,
+}
+
+impl ServerSettings {
+    /// Where hyper stops reading a request head. Above `max_header_bytes` so that the handler
+    /// can answer an oversized head with the JSON error shape instead of a bare status.
+    pub fn hard_header_limit(&self) -> usize {
+        self.max_header_bytes.saturating_mul(4).max(8192)
+    }
+}
+
+/// The size of a request head as the limit counts it: header names and values plus separators.
+pub fn head_size(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
 }
 
 impl Default for ServerSettings {
@@ -53,7 +70,7 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(settings.max_header_bytes.max(8192));
+        .max_buf_size(settings.hard_header_limit());
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);

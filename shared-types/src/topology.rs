@@ -133,7 +133,12 @@ impl Topology {
         let mut quorum = FieldTable::default();
         quorum.insert("x-queue-type".into(), long_string("quorum"));
         declare_queue(&channel, &self.dead_letter_queue(), quorum).await?;
-        bind(&channel, &self.dead_letter_queue(), &self.dead_letter_exchange()).await?;
+        bind(
+            &channel,
+            &self.dead_letter_queue(),
+            &self.dead_letter_exchange(),
+        )
+        .await?;
 
         let arguments = self.store_queue_arguments(limits);
         let channel = match declare_queue(&channel, &self.store_queue(), arguments).await {

@@ -1,4 +1,5 @@
 //! The envelope wire format: pinned by a golden fixture, and round-tripped by property tests.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 
@@ -28,7 +29,9 @@ fn golden_envelope() -> Envelope {
         EventData::Json(json!({"total": 12.5, "items": [{"sku": "A1", "qty": 2}]})),
     );
     first.subject = Some("order/42".into());
-    first.time = Some(Utc.with_ymd_and_hms(2024, 5, 1, 9, 59, 59).unwrap() + chrono::Duration::milliseconds(500));
+    first.time = Some(
+        Utc.with_ymd_and_hms(2024, 5, 1, 9, 59, 59).unwrap() + chrono::Duration::milliseconds(500),
+    );
     first.datacontenttype = Some("application/json".into());
     first.dataschema = Some("https://shop.example/schemas/order.json".into());
     first.extensions.insert("region".into(), json!("eu1"));
@@ -45,7 +48,10 @@ fn envelope_v1_encodes_to_the_golden_bytes() {
 
 #[test]
 fn golden_bytes_decode_to_the_envelope() {
-    assert_eq!(Envelope::decode(GOLDEN.as_bytes()).unwrap(), golden_envelope());
+    assert_eq!(
+        Envelope::decode(GOLDEN.as_bytes()).unwrap(),
+        golden_envelope()
+    );
 }
 
 #[test]
@@ -60,18 +66,28 @@ fn unknown_envelope_version_is_refused() {
 #[test]
 fn envelope_without_events_is_refused() {
     let bytes = r#"{"v":1,"request_id":"r","received_at":"2024-05-01T10:00:00Z","events":[]}"#;
-    assert!(matches!(Envelope::decode(bytes.as_bytes()), Err(EnvelopeError::Empty)));
+    assert!(matches!(
+        Envelope::decode(bytes.as_bytes()),
+        Err(EnvelopeError::Empty)
+    ));
 }
 
 #[test]
 fn envelope_with_an_invalid_event_is_malformed() {
-    let bytes = r#"{"v":1,"request_id":"r","received_at":"2024-05-01T10:00:00Z","events":[{"id":"x"}]}"#;
-    assert!(matches!(Envelope::decode(bytes.as_bytes()), Err(EnvelopeError::Malformed(_))));
+    let bytes =
+        r#"{"v":1,"request_id":"r","received_at":"2024-05-01T10:00:00Z","events":[{"id":"x"}]}"#;
+    assert!(matches!(
+        Envelope::decode(bytes.as_bytes()),
+        Err(EnvelopeError::Malformed(_))
+    ));
 }
 
 #[test]
 fn garbage_is_malformed() {
-    assert!(matches!(Envelope::decode(b"\x00\x01 not json"), Err(EnvelopeError::Malformed(_))));
+    assert!(matches!(
+        Envelope::decode(b"\x00\x01 not json"),
+        Err(EnvelopeError::Malformed(_))
+    ));
 }
 
 fn token() -> impl Strategy<Value = String> {

@@ -30,6 +30,12 @@ pub enum ApiError {
     /// No such route.
     #[error("no route for this path")]
     NotFound,
+    /// The request's headers exceed the limit.
+    #[error("the request headers exceed {limit} bytes")]
+    HeadersTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// The route exists, but not for this method.
     #[error("method not allowed")]
     MethodNotAllowed {
@@ -65,6 +71,7 @@ impl ApiError {
             ApiError::BodyTimeout => "request_timeout",
             ApiError::BodyRead => "invalid_body",
             ApiError::NotFound => "not_found",
+            ApiError::HeadersTooLarge { .. } => "headers_too_large",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::ShuttingDown => "shutting_down",
         }
@@ -89,6 +96,7 @@ impl ApiError {
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::BodyRead => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }

@@ -49,7 +49,7 @@ pub async fn handle<P: EventPublisher>(
     let id = request_id(request.headers());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let (route, outcome) = route(&state, request).await;
+    let (route, outcome) = route(&state, request, &id).await;
     let (mut response, events) = match outcome {
         Ok((response, events)) => (response, events),
         Err(error) => {
@@ -82,10 +82,15 @@ type Outcome = Result<(Response<Full<Bytes>>, usize), ApiError>;
 async fn route<P: EventPublisher>(
     state: &AppState<P>,
     request: Request<Incoming>,
+    request_id: &str,
 ) -> (&'static str, Outcome) {
+    let limit = state.config.server.max_header_bytes;
+    if shared_types::server::head_size(request.headers()) > limit {
+        return ("(any)", Err(ApiError::HeadersTooLarge { limit }));
+    }
     let path = request.uri().path();
     match (request.method(), path) {
-        (&Method::POST, "/v1/events") => ("/v1/events", ingest(state, request).await),
+        (&Method::POST, "/v1/events") => ("/v1/events", ingest(state, request, request_id).await),
         (_, "/v1/events") => (
             "/v1/events",
             Err(ApiError::MethodNotAllowed { allow: "POST" }),
@@ -96,10 +101,9 @@ async fn route<P: EventPublisher>(
         ),
         (&Method::GET, "/readyz") => ("/readyz", Ok((readiness(state), 0))),
         (&Method::GET, "/v1/openapi.json") => ("/v1/openapi.json", Ok((openapi(), 0))),
-        (_, "/healthz" | "/readyz" | "/v1/openapi.json") => (
-            "(method)",
-            Err(ApiError::MethodNotAllowed { allow: "GET" }),
-        ),
+        (_, "/healthz" | "/readyz" | "/v1/openapi.json") => {
+            ("(method)", Err(ApiError::MethodNotAllowed { allow: "GET" }))
+        }
         _ => ("(unmatched)", Err(ApiError::NotFound)),
     }
 }
@@ -130,12 +134,15 @@ fn openapi() -> Response<Full<Bytes>> {
     response
 }
 
-async fn ingest<P: EventPublisher>(state: &AppState<P>, request: Request<Incoming>) -> Outcome {
+async fn ingest<P: EventPublisher>(
+    state: &AppState<P>,
+    request: Request<Incoming>,
+    request_id: &str,
+) -> Outcome {
     if state.draining.load(Ordering::Acquire) {
         return Err(ApiError::ShuttingDown);
     }
     let received_at = Utc::now();
-    let id = request_id(request.headers());
     let limits = &state.config.limits;
     let (parts, body) = request.into_parts();
     let declared_length = parts
@@ -153,7 +160,7 @@ async fn ingest<P: EventPublisher>(state: &AppState<P>, request: Request<Incomin
     let body = decode_content(&parts.headers, body, limits.max_body_bytes)?;
     let (_mode, events) = decode_events(&parts.headers, &body, limits, received_at)?;
     let count = events.len();
-    let messages = group_by_type(&id, received_at, events);
+    let messages = group_by_type(request_id, received_at, events);
     state.publisher.publish(messages).await?;
     Ok((
         http_json::json(StatusCode::ACCEPTED, &json!({"accepted": count})),
@@ -188,7 +195,10 @@ pub fn group_by_type(
 ) -> Vec<OutgoingMessage> {
     let mut groups: Vec<(String, Vec<Event>)> = Vec::new();
     for event in events {
-        match groups.iter_mut().find(|(kind, _)| *kind == event.event_type) {
+        match groups
+            .iter_mut()
+            .find(|(kind, _)| *kind == event.event_type)
+        {
             Some((_, members)) => members.push(event),
             None => groups.push((event.event_type.clone(), vec![event])),
         }

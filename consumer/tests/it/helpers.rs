@@ -1,0 +1,344 @@
+//! `spawn_app()`: a gateway and a consumer wired to a fresh database and a fresh queue prefix.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use consumer::ConsumerConfig;
+use diesel_async::RunQueryDsl;
+use gateway::GatewayConfig;
+use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use serde_json::Value;
+use shared_types::config::Settings;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Base URLs of the shared servers; override to point the tests elsewhere.
+pub fn postgres_base() -> String {
+    std::env::var("WARREN_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("WARREN_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+struct Running {
+    address: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+    }
+}
+
+pub struct TestApp {
+    pub db_name: String,
+    pub db_url: String,
+    pub prefix: String,
+    pub client: reqwest::Client,
+    gateway: Option<Running>,
+    consumer: Option<Running>,
+    extra_env: Vec<(String, String)>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// A running gateway and consumer; `extra_env` overrides their `WARREN_*` settings.
+pub async fn spawn_app_with(extra_env: &[(&str, &str)]) -> TestApp {
+    shared_types::telemetry::init_for_tests();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let db_name = format!("warren_test_{}", &suffix[..16]);
+    let mut app = TestApp {
+        db_url: format!("{}/{db_name}", postgres_base()),
+        db_name,
+        prefix: format!("test.{}", &suffix[..16]),
+        client: reqwest::Client::new(),
+        gateway: None,
+        consumer: None,
+        extra_env: extra_env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    };
+    app.start_consumer().await;
+    app.start_gateway().await;
+    app
+}
+
+impl TestApp {
+    fn settings(&self) -> Settings<'_> {
+        Settings::from_lookup(move |name| {
+            if let Some((_, value)) = self.extra_env.iter().find(|(k, _)| k == name) {
+                return Some(value.clone());
+            }
+            match name {
+                "WARREN_DATABASE_URL" => Some(self.db_url.clone()),
+                "WARREN_AMQP_URL" => Some(amqp_url()),
+                "WARREN_AMQP_PREFIX" => Some(self.prefix.clone()),
+                "WARREN_BATCH_MAX_WAIT_MS" => Some("20".into()),
+                "WARREN_SHUTDOWN_GRACE_MS" => Some("5000".into()),
+                _ => None,
+            }
+        })
+    }
+
+    pub fn gateway_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.gateway.as_ref().expect("gateway running").address
+        )
+    }
+
+    pub fn consumer_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.consumer.as_ref().expect("consumer running").address
+        )
+    }
+
+    pub async fn start_gateway(&mut self) {
+        let config = GatewayConfig::from_settings(&self.settings()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(gateway::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        self.gateway = Some(Running {
+            address,
+            stop,
+            task,
+        });
+        self.wait_ready(&self.gateway_url("/readyz")).await;
+    }
+
+    pub async fn start_consumer(&mut self) {
+        let config = ConsumerConfig::from_settings(&self.settings()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            consumer::run(listener, config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        self.consumer = Some(Running {
+            address,
+            stop,
+            task,
+        });
+        self.wait_ready(&self.consumer_url("/readyz")).await;
+    }
+
+    pub async fn stop_consumer(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            consumer.stop().await;
+        }
+    }
+
+    pub async fn stop_gateway(&mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.stop().await;
+        }
+    }
+
+    async fn wait_ready(&self, url: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(response) = self.client.get(url).send().await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{url} never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// POSTs `body` to the ingest route with `content_type` and extra headers.
+    pub async fn post(
+        &self,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(self.gateway_url("/v1/events"))
+            .header("content-type", content_type)
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn post_event(&self, event: &Value) -> reqwest::Response {
+        self.post("application/cloudevents+json", event.to_string(), &[])
+            .await
+    }
+
+    pub async fn db(&self) -> diesel_async::AsyncPgConnection {
+        consumer::db::connect(&self.db_url).await.unwrap()
+    }
+
+    pub async fn count_rows(&self) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut db = self.db().await;
+        diesel::sql_query("SELECT count(*) AS n FROM events")
+            .get_result::<Count>(&mut db)
+            .await
+            .unwrap()
+            .n
+    }
+
+    /// Polls until the table holds `expected` rows; panics after 15 s.
+    pub async fn wait_for_rows(&self, expected: i64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let rows = self.count_rows().await;
+            if rows == expected {
+                return;
+            }
+            assert!(
+                rows < expected,
+                "more rows than expected: {rows} > {expected}"
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {rows} of {expected} rows after 15 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn amqp(&self) -> Connection {
+        Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap()
+    }
+
+    /// Messages ready in a queue (not counting unacknowledged ones).
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let connection = self.amqp().await;
+        let channel = connection.create_channel().await.unwrap();
+        let queue = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = connection.close(200, "done".into()).await;
+        queue.message_count()
+    }
+
+    /// Polls until `queue` holds `expected` ready messages; panics after 15 s.
+    pub async fn wait_for_depth(&self, queue: &str, expected: u32) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let depth = self.queue_depth(queue).await;
+            if depth == expected {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{queue} holds {depth}, expected {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn topology(&self) -> shared_types::topology::Topology {
+        shared_types::topology::Topology::new(self.prefix.clone())
+    }
+
+    /// Stops both services, deletes the queues and exchanges, and drops the database.
+    pub async fn cleanup(mut self) {
+        self.stop_gateway().await;
+        self.stop_consumer().await;
+        remove_resources(&self.prefix, &self.db_name).await;
+        self.db_name.clear();
+    }
+}
+
+impl Drop for TestApp {
+    /// A panicking test still removes what it created.
+    fn drop(&mut self) {
+        if self.db_name.is_empty() {
+            return;
+        }
+        let (prefix, db_name) = (self.prefix.clone(), self.db_name.clone());
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(remove_resources(&prefix, &db_name));
+            }
+        })
+        .join();
+    }
+}
+
+async fn remove_resources(prefix: &str, db_name: &str) {
+    let topology = shared_types::topology::Topology::new(prefix.to_owned());
+    if let Ok(connection) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+    {
+        for queue in [topology.store_queue(), topology.dead_letter_queue()] {
+            if let Ok(channel) = connection.create_channel().await {
+                let _ = channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+        }
+        for exchange in [topology.exchange(), topology.dead_letter_exchange()] {
+            if let Ok(channel) = connection.create_channel().await {
+                let _ = channel
+                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
+        }
+        let _ = connection.close(200, "cleanup".into()).await;
+    }
+    if let Ok(mut admin) = consumer::db::connect(&format!("{}/postgres", postgres_base())).await {
+        let _ = diesel::sql_query(format!(
+            "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
+        ))
+        .execute(&mut admin)
+        .await;
+    }
+}
+
+/// A valid structured event with a unique id.
+pub fn event(kind: &str) -> Value {
+    serde_json::json!({
+        "specversion": "1.0",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "source": "/tests",
+        "type": kind,
+        "data": {"n": 1}
+    })
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: the real gateway and consumer in-process on random ports, against the
+//! machine's RabbitMQ and PostgreSQL. Each test has its own database and queue prefix.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod dead_letter;
+mod helpers;
+mod ingest;
+mod redelivery;

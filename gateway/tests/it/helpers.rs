@@ -1,0 +1,122 @@
+//! `spawn_gateway()`: the real HTTP stack over an in-memory publisher.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gateway::publish::MemoryPublisher;
+use gateway::GatewayConfig;
+use serde_json::Value;
+use shared_types::config::Settings;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+pub struct TestGateway {
+    pub address: SocketAddr,
+    pub publisher: MemoryPublisher,
+    pub client: reqwest::Client,
+    _stop: oneshot::Sender<()>,
+}
+
+pub fn config(env: &[(&str, &str)]) -> GatewayConfig {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    GatewayConfig::from_settings(&Settings::from_lookup(move |name| {
+        env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }))
+    .unwrap()
+}
+
+pub async fn spawn_gateway(env: &[(&str, &str)]) -> TestGateway {
+    shared_types::telemetry::init_for_tests();
+    let config = config(env);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let publisher = MemoryPublisher::default();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(gateway::serve_with(
+        listener,
+        config,
+        publisher.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    TestGateway {
+        address,
+        publisher,
+        client: reqwest::Client::new(),
+        _stop: stop,
+    }
+}
+
+impl TestGateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    pub async fn post(
+        &self,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self.client.post(self.url("/v1/events")).body(body);
+        if !content_type.is_empty() {
+            request = request.header("content-type", content_type);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Events published so far.
+    pub fn published_events(&self) -> usize {
+        self.publisher
+            .published()
+            .iter()
+            .map(|m| {
+                shared_types::Envelope::decode(&m.body)
+                    .unwrap()
+                    .events
+                    .len()
+            })
+            .sum()
+    }
+
+    /// Sends raw bytes on a new connection and returns everything the server answers.
+    pub async fn raw(&self, request: &[u8]) -> String {
+        let mut stream = tokio::net::TcpStream::connect(self.address).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+}
+
+/// A valid structured event with a unique id.
+pub fn event() -> Value {
+    serde_json::json!({
+        "specversion": "1.0",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "source": "/tests",
+        "type": "test.event",
+    })
+}
+
+/// Asserts the shared error shape and returns the code.
+pub async fn error_code(response: reqwest::Response) -> String {
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(content_type.as_deref(), Some("application/json"));
+    let body: Value = response.json().await.unwrap();
+    let error = &body["error"];
+    assert!(error["message"].is_string(), "{body}");
+    assert!(error["details"].is_array(), "{body}");
+    error["code"].as_str().unwrap().to_owned()
+}
