@@ -1,5 +1,5 @@
-//! The consumer's HTTP surface: health, readiness, the OpenAPI document (and, with the read
-//! path, queries). Handlers only translate.
+//! The consumer's HTTP surface: health, readiness, the OpenAPI document and the read API.
+//! Handlers only translate: parse parameters, call [`crate::query`], map the outcome.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use chrono::Utc;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -15,10 +16,21 @@ use serde_json::json;
 use shared_types::http_json;
 
 use crate::db::PgPool;
+use crate::query::{self, params};
 use crate::worker::{database_answers, WorkerStatus};
 
 /// The OpenAPI document for the public API, served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+/// What the consumer answers, by path; the router and the OpenAPI test both read this table.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/v1/openapi.json"),
+    ("GET", "/v1/events"),
+    ("GET", "/v1/events/lookup"),
+    ("GET", "/v1/stats/counts"),
+];
 
 /// What every request handler shares.
 pub struct AppState {
@@ -26,6 +38,101 @@ pub struct AppState {
     pub read_pool: PgPool,
     /// The worker's connection state.
     pub worker: Arc<WorkerStatus>,
+}
+
+/// Why a read request failed. Mapped to HTTP in [`QueryError::into_response`] only.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// A parameter is invalid.
+    #[error(transparent)]
+    Param(#[from] params::ParamError),
+    /// No event with that key.
+    #[error("no event with this source and id")]
+    NotFound,
+    /// No pooled connection in time.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// Postgres cancelled the query at the statement timeout.
+    #[error("the query took longer than the statement timeout")]
+    Timeout,
+    /// Anything else the database said.
+    #[error("database error: {0}")]
+    Database(diesel::result::Error),
+    /// No route for this path.
+    #[error("no route for this path")]
+    NoRoute,
+    /// The path exists, but not for this method.
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
+}
+
+impl From<diesel::result::Error> for QueryError {
+    fn from(error: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match &error {
+            Error::DatabaseError(_, info) if info.message().contains("statement timeout") => {
+                QueryError::Timeout
+            }
+            Error::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                _,
+            ) => QueryError::Unavailable(error.to_string()),
+            _ => QueryError::Database(error),
+        }
+    }
+}
+
+impl QueryError {
+    /// The response in the shared error shape; 503s carry `Retry-After`.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let (status, code, message) = match &self {
+            QueryError::Param(error) => (
+                StatusCode::BAD_REQUEST,
+                error.code,
+                format!("invalid parameter {}: {}", error.parameter, error.message),
+            ),
+            QueryError::NotFound => (StatusCode::NOT_FOUND, "not_found", self.to_string()),
+            QueryError::NoRoute => (StatusCode::NOT_FOUND, "not_found", self.to_string()),
+            QueryError::MethodNotAllowed(_) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                self.to_string(),
+            ),
+            QueryError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the database is unavailable".to_owned(),
+            ),
+            QueryError::Timeout => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "query_timeout",
+                self.to_string(),
+            ),
+            QueryError::Database(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the query failed".to_owned(),
+            ),
+        };
+        let details = match &self {
+            QueryError::Param(error) => {
+                vec![json!({"parameter": error.parameter, "code": error.code})]
+            }
+            _ => Vec::new(),
+        };
+        let mut response = http_json::error(status, code, &message, details);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let QueryError::MethodNotAllowed(allow) = self {
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
 }
 
 /// Handles one request and writes its log line.
@@ -37,11 +144,22 @@ pub async fn handle(
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let (route, response) = route(&state, &request).await;
+    let route = ROUTES
+        .iter()
+        .find(|(_, route)| *route == path)
+        .map_or("(unmatched)", |(_, route)| *route);
+    let response = match dispatch(&state, &request).await {
+        Ok(response) => response,
+        Err(error) => {
+            if matches!(error, QueryError::Database(_) | QueryError::Unavailable(_)) {
+                tracing::warn!(%error, route, "query failed");
+            }
+            error.into_response()
+        }
+    };
     tracing::info!(
         %method,
         route,
-        path = %path,
         status = response.status().as_u16(),
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         %peer,
@@ -50,40 +168,60 @@ pub async fn handle(
     response
 }
 
-async fn route(
+async fn dispatch(
     state: &AppState,
     request: &Request<Incoming>,
-) -> (&'static str, Response<Full<Bytes>>) {
+) -> Result<Response<Full<Bytes>>, QueryError> {
     let path = request.uri().path();
-    match (request.method(), path) {
-        (&Method::GET, "/healthz") => (
-            "/healthz",
-            http_json::json(StatusCode::OK, &json!({"status": "ok"})),
-        ),
-        (&Method::GET, "/readyz") => ("/readyz", readiness(state).await),
-        (&Method::GET, "/v1/openapi.json") => {
+    if !ROUTES.iter().any(|(_, route)| *route == path) {
+        return Err(QueryError::NoRoute);
+    }
+    if request.method() != Method::GET {
+        return Err(QueryError::MethodNotAllowed("GET"));
+    }
+    let query = request.uri().query();
+    match path {
+        "/healthz" => Ok(http_json::json(StatusCode::OK, &json!({"status": "ok"}))),
+        "/readyz" => Ok(readiness(state).await),
+        "/v1/openapi.json" => {
             let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
             response
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            ("/v1/openapi.json", response)
+            Ok(response)
         }
-        (_, "/healthz" | "/readyz" | "/v1/openapi.json") => {
-            let mut response = http_json::simple_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "method not allowed",
-            );
-            response
-                .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET"));
-            ("(method)", response)
+        "/v1/events" => {
+            let query = params::list_query(query)?;
+            let page = query::list_events(&mut *connection(state).await?, &query).await?;
+            Ok(http_json::json(StatusCode::OK, &page))
         }
-        _ => (
-            "(unmatched)",
-            http_json::simple_error(StatusCode::NOT_FOUND, "not_found", "no route for this path"),
-        ),
+        "/v1/events/lookup" => {
+            let query = params::lookup_query(query)?;
+            let event = query::lookup_event(&mut *connection(state).await?, &query)
+                .await?
+                .ok_or(QueryError::NotFound)?;
+            Ok(http_json::json(StatusCode::OK, &event))
+        }
+        "/v1/stats/counts" => {
+            let query = params::counts_query(query, Utc::now())?;
+            let counts = query::count_events(&mut *connection(state).await?, &query).await?;
+            Ok(http_json::json(StatusCode::OK, &counts))
+        }
+        _ => Err(QueryError::NoRoute),
     }
+}
+
+async fn connection(
+    state: &AppState,
+) -> Result<
+    diesel_async::pooled_connection::deadpool::Object<diesel_async::AsyncPgConnection>,
+    QueryError,
+> {
+    state
+        .read_pool
+        .get()
+        .await
+        .map_err(|error| QueryError::Unavailable(error.to_string()))
 }
 
 async fn readiness(state: &AppState) -> Response<Full<Bytes>> {

@@ -6,6 +6,7 @@ pub mod batch;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod query;
 pub mod schema;
 pub mod store;
 pub mod worker;

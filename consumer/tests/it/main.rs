@@ -5,4 +5,6 @@
 mod dead_letter;
 mod helpers;
 mod ingest;
+mod openapi;
+mod query;
 mod redelivery;

@@ -11,7 +11,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use chrono::Utc;
 use http::header::{HeaderValue, CONTENT_LENGTH};
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
@@ -28,6 +28,14 @@ use crate::request_id::{self, request_id};
 
 /// The OpenAPI document for the public API, served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../../openapi.json");
+
+/// What the gateway answers, by path; the router and the OpenAPI test both read this table.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/events"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/v1/openapi.json"),
+];
 
 /// What every request handler shares.
 pub struct AppState<P> {
@@ -89,23 +97,21 @@ async fn route<P: EventPublisher>(
         return ("(any)", Err(ApiError::HeadersTooLarge { limit }));
     }
     let path = request.uri().path();
-    match (request.method(), path) {
-        (&Method::POST, "/v1/events") => ("/v1/events", ingest(state, request, request_id).await),
-        (_, "/v1/events") => (
-            "/v1/events",
-            Err(ApiError::MethodNotAllowed { allow: "POST" }),
-        ),
-        (&Method::GET, "/healthz") => (
-            "/healthz",
-            Ok((http_json::json(StatusCode::OK, &json!({"status": "ok"})), 0)),
-        ),
-        (&Method::GET, "/readyz") => ("/readyz", Ok((readiness(state), 0))),
-        (&Method::GET, "/v1/openapi.json") => ("/v1/openapi.json", Ok((openapi(), 0))),
-        (_, "/healthz" | "/readyz" | "/v1/openapi.json") => {
-            ("(method)", Err(ApiError::MethodNotAllowed { allow: "GET" }))
-        }
-        _ => ("(unmatched)", Err(ApiError::NotFound)),
+    let Some(&(allowed, route)) = ROUTES.iter().find(|(_, route)| *route == path) else {
+        return ("(unmatched)", Err(ApiError::NotFound));
+    };
+    if request.method().as_str() != allowed {
+        let allow = if allowed == "POST" { "POST" } else { "GET" };
+        return (route, Err(ApiError::MethodNotAllowed { allow }));
     }
+    let outcome = match route {
+        "/v1/events" => ingest(state, request, request_id).await,
+        "/healthz" => Ok((http_json::json(StatusCode::OK, &json!({"status": "ok"})), 0)),
+        "/readyz" => Ok((readiness(state), 0)),
+        "/v1/openapi.json" => Ok((openapi(), 0)),
+        _ => Err(ApiError::NotFound),
+    };
+    (route, outcome)
 }
 
 fn readiness<P: EventPublisher>(state: &AppState<P>) -> Response<Full<Bytes>> {

@@ -1,0 +1,300 @@
+//! The read path: list with keyset pagination, lookup by key, and counts per time bucket.
+//!
+//! Every query is bounded (a page size, a bucket count, the pool's statement timeout) and shaped so
+//! that an index answers it: `(event_time DESC, seq DESC)` alone or behind `type`, `subject` or
+//! `source`. Counting happens in SQL; events are never loaded to be counted.
+
+pub mod params;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use diesel::dsl::sql;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde::Serialize;
+use serde_json::Value;
+use shared_types::{Event, EventData};
+
+use crate::schema::events;
+use params::{encode_cursor, CountsQuery, Cursor, Filters, ListQuery, LookupQuery, TypeFilter};
+
+/// One stored event, as the list and lookup routes read it.
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = events)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub struct StoredEvent {
+    seq: i64,
+    id: String,
+    source: String,
+    event_type: String,
+    subject: Option<String>,
+    time: Option<DateTime<Utc>>,
+    datacontenttype: Option<String>,
+    dataschema: Option<String>,
+    data: Option<Value>,
+    data_base64: Option<String>,
+    extensions: Value,
+    received_at: DateTime<Utc>,
+    event_time: DateTime<Utc>,
+}
+
+impl StoredEvent {
+    /// The event in CloudEvents structured JSON, as accepted, plus `received_at`.
+    pub fn to_json(&self) -> Value {
+        let event = Event {
+            id: self.id.clone(),
+            source: self.source.clone(),
+            event_type: self.event_type.clone(),
+            subject: self.subject.clone(),
+            time: self.time,
+            datacontenttype: self.datacontenttype.clone(),
+            dataschema: self.dataschema.clone(),
+            data: match (&self.data, &self.data_base64) {
+                (Some(value), _) => Some(EventData::Json(value.clone())),
+                (None, Some(text)) => Some(EventData::Base64(text.clone())),
+                (None, None) => None,
+            },
+            extensions: match &self.extensions {
+                Value::Object(map) => map.clone().into_iter().collect(),
+                _ => BTreeMap::new(),
+            },
+        };
+        let mut json = serde_json::to_value(&event).unwrap_or_default();
+        if let Value::Object(map) = &mut json {
+            map.insert(
+                "received_at".into(),
+                Value::String(Event::time_text(&self.received_at)),
+            );
+        }
+        json
+    }
+}
+
+/// A page of events.
+#[derive(Debug, Serialize)]
+pub struct EventPage {
+    /// Newest first.
+    pub events: Vec<Value>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /v1/events`.
+pub async fn list_events(
+    connection: &mut AsyncPgConnection,
+    query: &ListQuery,
+) -> QueryResult<EventPage> {
+    let mut statement = events::table
+        .select(StoredEvent::as_select())
+        .order((events::event_time.desc(), events::seq.desc()))
+        .limit(query.limit + 1)
+        .into_boxed();
+    statement = apply_list_filters(statement, &query.filters);
+    if let Some(cursor) = query.cursor {
+        let time = DateTime::from_timestamp_micros(cursor.event_time_micros).unwrap_or_default();
+        statement = statement.filter(
+            sql::<Bool>("(event_time, seq) < (")
+                .bind::<Timestamptz, _>(time)
+                .sql(", ")
+                .bind::<BigInt, _>(cursor.seq)
+                .sql(")"),
+        );
+    }
+    let mut rows: Vec<StoredEvent> = statement.load(connection).await?;
+    let has_more = rows.len() > usize::try_from(query.limit).unwrap_or(usize::MAX);
+    rows.truncate(usize::try_from(query.limit).unwrap_or(usize::MAX));
+    let next_cursor = match (has_more, rows.last()) {
+        (true, Some(last)) => Some(encode_cursor(
+            Cursor {
+                event_time_micros: last.event_time.timestamp_micros(),
+                seq: last.seq,
+            },
+            &query.filters,
+        )),
+        _ => None,
+    };
+    Ok(EventPage {
+        events: rows.iter().map(StoredEvent::to_json).collect(),
+        next_cursor,
+    })
+}
+
+type BoxedList<'a> =
+    events::BoxedQuery<'a, diesel::pg::Pg, <StoredEventSelect as Expression>::SqlType>;
+type StoredEventSelect = diesel::dsl::AsSelect<StoredEvent, diesel::pg::Pg>;
+
+fn apply_list_filters<'a>(mut statement: BoxedList<'a>, filters: &'a Filters) -> BoxedList<'a> {
+    match &filters.event_type {
+        Some(TypeFilter::Exact(kind)) => statement = statement.filter(events::event_type.eq(kind)),
+        Some(TypeFilter::Prefix(prefix)) => {
+            statement = statement.filter(events::event_type.like(like_prefix(prefix)).escape('\\'))
+        }
+        None => {}
+    }
+    if let Some(source) = &filters.source {
+        statement = statement.filter(events::source.eq(source));
+    }
+    if let Some(subject) = &filters.subject {
+        statement = statement.filter(events::subject.eq(subject));
+    }
+    if let Some(since) = filters.since {
+        statement = statement.filter(events::event_time.ge(since));
+    }
+    if let Some(until) = filters.until {
+        statement = statement.filter(events::event_time.lt(until));
+    }
+    statement
+}
+
+/// `prefix%`, with LIKE's own wildcards in the prefix escaped.
+fn like_prefix(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for character in prefix.chars() {
+        if matches!(character, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(character);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// `GET /v1/events/lookup`.
+pub async fn lookup_event(
+    connection: &mut AsyncPgConnection,
+    query: &LookupQuery,
+) -> QueryResult<Option<Value>> {
+    events::table
+        .select(StoredEvent::as_select())
+        .filter(events::source.eq(&query.source))
+        .filter(events::id.eq(&query.id))
+        .first(connection)
+        .await
+        .optional()
+        .map(|row| row.as_ref().map(StoredEvent::to_json))
+}
+
+/// One bucket of `GET /v1/stats/counts`.
+#[derive(Debug, Serialize)]
+pub struct CountBucket {
+    /// Start of the bucket (UTC).
+    pub start: String,
+    /// Events in the bucket.
+    pub count: i64,
+    /// Per event type, with `group_by=type`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by_type: Option<BTreeMap<String, i64>>,
+}
+
+/// The answer of `GET /v1/stats/counts`.
+#[derive(Debug, Serialize)]
+pub struct Counts {
+    /// `minute`, `hour` or `day`.
+    pub bucket: &'static str,
+    /// Inclusive lower bound used.
+    pub since: String,
+    /// Exclusive upper bound used.
+    pub until: String,
+    /// Every bucket in the range, empty ones as 0, oldest first.
+    pub buckets: Vec<CountBucket>,
+}
+
+#[derive(QueryableByName)]
+struct CountRow {
+    #[diesel(sql_type = Timestamptz)]
+    bucket: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Text>)]
+    event_type: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    count: i64,
+}
+
+/// `GET /v1/stats/counts`: grouped in SQL over the time index, gaps filled with zeros here.
+pub async fn count_events(
+    connection: &mut AsyncPgConnection,
+    query: &CountsQuery,
+) -> QueryResult<Counts> {
+    let filters = &query.filters;
+    let (Some(since), Some(until)) = (filters.since, filters.until) else {
+        return Err(diesel::result::Error::NotFound);
+    };
+    let type_column = if query.group_by_type {
+        "type"
+    } else {
+        "NULL::text"
+    };
+    // Only the filters present appear in the statement, so each combination gets its own
+    // prepared statement and plan, and every plan can use the matching index.
+    let mut conditions = vec!["event_time >= $1".to_owned(), "event_time < $2".to_owned()];
+    let mut texts: Vec<String> = Vec::new();
+    let mut condition = |clause: &str, value: String| {
+        texts.push(value);
+        conditions.push(format!("{clause} ${}", texts.len() + 2));
+    };
+    match &filters.event_type {
+        Some(TypeFilter::Exact(kind)) => condition("type =", kind.clone()),
+        Some(TypeFilter::Prefix(prefix)) => condition("type LIKE", like_prefix(prefix)),
+        None => {}
+    }
+    if let Some(source) = &filters.source {
+        condition("source =", source.clone());
+    }
+    if let Some(subject) = &filters.subject {
+        condition("subject =", subject.clone());
+    }
+    let statement = format!(
+        "SELECT date_trunc('{bucket}', event_time, 'UTC') AS bucket, {type_column} AS event_type, \
+                count(*) AS count \
+         FROM events WHERE {conditions} GROUP BY 1, 2",
+        bucket = query.bucket.as_str(),
+        conditions = conditions.join(" AND "),
+    );
+    let mut bound = diesel::sql_query(statement)
+        .into_boxed()
+        .bind::<Timestamptz, _>(since)
+        .bind::<Timestamptz, _>(until);
+    for text in texts {
+        bound = bound.bind::<Text, _>(text);
+    }
+    let rows: Vec<CountRow> = bound.load(connection).await?;
+
+    let mut by_start: BTreeMap<i64, CountBucket> = query
+        .bucket_starts()
+        .into_iter()
+        .map(|start| {
+            let bucket = CountBucket {
+                start: Event::time_text(&start),
+                count: 0,
+                by_type: query.group_by_type.then(BTreeMap::new),
+            };
+            (start.timestamp(), bucket)
+        })
+        .collect();
+    for row in rows {
+        if let Some(bucket) = by_start.get_mut(&row.bucket.timestamp()) {
+            bucket.count += row.count;
+            if let (Some(types), Some(kind)) = (bucket.by_type.as_mut(), row.event_type) {
+                *types.entry(kind).or_default() += row.count;
+            }
+        }
+    }
+    Ok(Counts {
+        bucket: query.bucket.as_str(),
+        since: Event::time_text(&since),
+        until: Event::time_text(&until),
+        buckets: by_start.into_values().collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_wildcards_in_a_prefix_are_escaped() {
+        assert_eq!(like_prefix("page."), "page.%");
+        assert_eq!(like_prefix("50%_off\\"), "50\\%\\_off\\\\%");
+    }
+}
