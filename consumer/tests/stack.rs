@@ -47,18 +47,35 @@ impl Client {
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self.http.get(format!("{}{path}", self.base)).send().await.unwrap();
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
         (response.status().as_u16(), response.json().await.unwrap())
     }
 }
 
 fn encode(value: &str) -> String {
-    value.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_events_in_mixed_modes_are_each_stored_once() {
-    let client = Client { http: reqwest::Client::new(), base: base_url() };
+    let client = Client {
+        http: reqwest::Client::new(),
+        base: base_url(),
+    };
     let run = uuid::Uuid::new_v4().simple().to_string();
     let source = format!("/e2e/{run}");
     let started = chrono::Utc::now() - chrono::Duration::minutes(1);
@@ -67,7 +84,13 @@ async fn a_thousand_events_in_mixed_modes_are_each_stored_once() {
     // 250 single structured events.
     for i in 0..250 {
         let id = format!("single-{i}");
-        let status = client.post("application/cloudevents+json", event(&source, &id, "e2e.single").to_string().into_bytes(), &[]).await;
+        let status = client
+            .post(
+                "application/cloudevents+json",
+                event(&source, &id, "e2e.single").to_string().into_bytes(),
+                &[],
+            )
+            .await;
         assert_eq!(status, 202, "{id}");
         sent.insert(id, "e2e.single");
     }
@@ -75,20 +98,41 @@ async fn a_thousand_events_in_mixed_modes_are_each_stored_once() {
     for batch in 0..5 {
         let events: Vec<Value> = (0..50)
             .map(|i| {
-                let kind = if i % 2 == 0 { "e2e.batch.even" } else { "e2e.batch.odd" };
+                let kind = if i % 2 == 0 {
+                    "e2e.batch.even"
+                } else {
+                    "e2e.batch.odd"
+                };
                 let id = format!("batch-{batch}-{i}");
                 sent.insert(id.clone(), kind);
                 event(&source, &id, kind)
             })
             .collect();
-        let status = client.post("application/cloudevents-batch+json", Value::Array(events).to_string().into_bytes(), &[]).await;
+        let status = client
+            .post(
+                "application/cloudevents-batch+json",
+                Value::Array(events).to_string().into_bytes(),
+                &[],
+            )
+            .await;
         assert_eq!(status, 202);
     }
     // 250 binary-mode events.
     for i in 0..250 {
         let id = format!("binary-{i}");
-        let headers = [("ce-specversion", "1.0"), ("ce-id", id.as_str()), ("ce-source", source.as_str()), ("ce-type", "e2e.binary")];
-        let status = client.post("application/json", format!(r#"{{"n":{i}}}"#).into_bytes(), &headers).await;
+        let headers = [
+            ("ce-specversion", "1.0"),
+            ("ce-id", id.as_str()),
+            ("ce-source", source.as_str()),
+            ("ce-type", "e2e.binary"),
+        ];
+        let status = client
+            .post(
+                "application/json",
+                format!(r#"{{"n":{i}}}"#).into_bytes(),
+                &headers,
+            )
+            .await;
         assert_eq!(status, 202, "{id}");
         sent.insert(id, "e2e.binary");
     }
@@ -102,7 +146,9 @@ async fn a_thousand_events_in_mixed_modes_are_each_stored_once() {
             })
             .collect();
         let body = gzip(Value::Array(events).to_string().as_bytes());
-        let status = client.post("application/json", body, &[("content-encoding", "gzip")]).await;
+        let status = client
+            .post("application/json", body, &[("content-encoding", "gzip")])
+            .await;
         assert_eq!(status, 202);
     }
     assert_eq!(sent.len(), 1000);
@@ -119,7 +165,13 @@ async fn a_thousand_events_in_mixed_modes_are_each_stored_once() {
             }
             let (status, page) = client.get(&path).await;
             assert_eq!(status, 200, "{page}");
-            listed.extend(page["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()));
+            listed.extend(
+                page["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["id"].as_str().unwrap().to_owned()),
+            );
             match page["next_cursor"].as_str() {
                 Some(next) => cursor = Some(next.to_owned()),
                 None => break,
@@ -135,14 +187,30 @@ async fn a_thousand_events_in_mixed_modes_are_each_stored_once() {
         *seen.entry(id.as_str()).or_default() += 1;
     }
     let duplicated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(duplicated.is_empty(), "listed more than once: {duplicated:?}");
-    let missing: Vec<_> = sent.keys().filter(|id| !seen.contains_key(id.as_str())).collect();
-    assert!(missing.is_empty(), "{} events missing, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        duplicated.is_empty(),
+        "listed more than once: {duplicated:?}"
+    );
+    let missing: Vec<_> = sent
+        .keys()
+        .filter(|id| !seen.contains_key(id.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} events missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
     assert_eq!(listed.len(), 1000);
 
     // Each by lookup, with its type.
     for (id, kind) in &sent {
-        let (status, found) = client.get(&format!("/v1/events/lookup?source={}&id={id}", encode(&source))).await;
+        let (status, found) = client
+            .get(&format!(
+                "/v1/events/lookup?source={}&id={id}",
+                encode(&source)
+            ))
+            .await;
         assert_eq!(status, 200, "{id}");
         assert_eq!(found["type"], *kind, "{id}");
     }
@@ -150,7 +218,10 @@ async fn a_thousand_events_in_mixed_modes_are_each_stored_once() {
     // The counts endpoint agrees, in total and per type.
     let since = encode(&started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     let (status, counts) = client
-        .get(&format!("/v1/stats/counts?bucket=hour&since={since}&source={}&group_by=type", encode(&source)))
+        .get(&format!(
+            "/v1/stats/counts?bucket=hour&since={since}&source={}&group_by=type",
+            encode(&source)
+        ))
         .await;
     assert_eq!(status, 200, "{counts}");
     let mut total = 0;
