@@ -1,6 +1,6 @@
 //! Collecting deliveries into one write: a batch closes at a number of events or a time limit.
 
-use lapin::Acker;
+use lapin::{Acker, BasicProperties};
 use shared_types::Envelope;
 use tokio::time::Instant;
 
@@ -14,6 +14,10 @@ pub struct Pending {
     pub delivery_tag: u64,
     /// The events.
     pub envelope: Envelope,
+    /// Where the gateway published it (the event type), kept for dead-lettering.
+    pub routing_key: String,
+    /// The message's properties, kept for dead-lettering.
+    pub properties: BasicProperties,
 }
 
 /// Deliveries collected since the last write.

@@ -3,8 +3,11 @@
 #![forbid(unsafe_code)]
 
 pub mod batch;
+pub mod cli;
 pub mod config;
 pub mod db;
+pub mod dead_letter;
+pub mod dlq;
 pub mod http;
 pub mod query;
 pub mod schema;

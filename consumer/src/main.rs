@@ -1,5 +1,6 @@
 //! The `consumer` binary: `consumer` runs the worker and read API; `consumer migrate` applies
-//! migrations; `consumer healthcheck` probes a running one.
+//! migrations; `consumer dlq list|replay` handles dead letters; `consumer healthcheck` probes a
+//! running one.
 
 use anyhow::Context;
 use consumer::ConsumerConfig;
@@ -8,7 +9,8 @@ use shared_types::shutdown::shutdown_signal;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = ConsumerConfig::from_env().context("invalid configuration")?;
-    match std::env::args().nth(1).as_deref() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
         None | Some("serve") => {}
         Some("migrate") => {
             shared_types::telemetry::init("info")?;
@@ -16,9 +18,13 @@ async fn main() -> anyhow::Result<()> {
             println!("migrations applied: {applied}");
             return Ok(());
         }
+        Some("dlq") => {
+            let command = consumer::cli::parse_dlq(&args[1..])?;
+            return consumer::cli::run_dlq(&config, command).await;
+        }
         Some("healthcheck") => return shared_types::healthcheck::probe(config.addr).await,
         Some(other) => anyhow::bail!(
-            "unknown subcommand {other:?}; usage: consumer [serve|migrate|healthcheck]"
+            "unknown subcommand {other:?}; usage: consumer [serve|migrate|dlq|healthcheck]"
         ),
     }
     shared_types::telemetry::init("info,lapin=warn")?;

@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
-};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, LongString};
 use lapin::{Connection, ConnectionProperties};
 use shared_types::backoff::backoff;
@@ -24,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{Batch, Pending};
 use crate::config::ConsumerConfig;
 use crate::db::PgPool;
+use crate::dead_letter::{DeadLetterError, DeadLetters};
 use crate::store;
 
 /// Failed attempts of one batch, on a database that answers health checks, before it is split.
@@ -48,6 +47,8 @@ enum SessionError {
     SubscriptionEnded,
     #[error("the database went away while a batch was being split")]
     DatabaseLost,
+    #[error("dead-lettering refused events failed: {0}")]
+    DeadLetter(#[from] DeadLetterError),
 }
 
 /// Consumes until `cancel` fires, reconnecting with backoff whenever the broker connection fails.
@@ -89,6 +90,7 @@ async fn session(
         .topology
         .declare(&connection, config.queue_limits)
         .await?;
+    let dead_letters = DeadLetters::open(&connection, &config.topology).await?;
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(config.batch.prefetch, BasicQosOptions::default())
@@ -119,12 +121,12 @@ async fn session(
                 let _ = channel
                     .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                     .await;
-                flush(config, pool, &mut batch, cancel).await?;
+                flush(config, pool, &dead_letters, &mut batch, cancel).await?;
                 let _ = connection.close(200, "consumer shutting down".into()).await;
                 return Ok(());
             }
             () = sleep_until(deadline) => {
-                flush(config, pool, &mut batch, cancel).await?;
+                flush(config, pool, &dead_letters, &mut batch, cancel).await?;
             }
             delivery = deliveries.next() => {
                 let delivery = match delivery {
@@ -138,9 +140,11 @@ async fn session(
                             acker: delivery.acker,
                             delivery_tag: delivery.delivery_tag,
                             envelope,
+                            routing_key: delivery.routing_key.to_string(),
+                            properties: delivery.properties,
                         });
                         if batch.is_full() {
-                            flush(config, pool, &mut batch, cancel).await?;
+                            flush(config, pool, &dead_letters, &mut batch, cancel).await?;
                         }
                     }
                     Err(error) => {
@@ -150,9 +154,14 @@ async fn session(
                             reason = %error,
                             "dead-lettering a message that cannot be decoded"
                         );
-                        delivery
-                            .acker
-                            .reject(BasicRejectOptions { requeue: false })
+                        dead_letters
+                            .settle(
+                                &delivery.acker,
+                                delivery.routing_key.as_str(),
+                                &delivery.data,
+                                &delivery.properties,
+                                &format!("undecodable: {error}"),
+                            )
                             .await?;
                     }
                 }
@@ -173,6 +182,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 async fn flush(
     config: &ConsumerConfig,
     pool: &PgPool,
+    dead_letters: &DeadLetters,
     batch: &mut Batch,
     cancel: &CancellationToken,
 ) -> Result<(), SessionError> {
@@ -213,7 +223,7 @@ async fn flush(
                 failures += 1;
                 tracing::warn!(%error, failures, events, "batch write failed; holding its deliveries");
                 if failures >= ATTEMPTS_BEFORE_ISOLATING && database_answers(pool).await {
-                    return isolate(pool, items).await;
+                    return isolate(pool, dead_letters, items).await;
                 }
             }
         }
@@ -227,32 +237,61 @@ async fn flush(
     }
 }
 
-/// The database is up but the batch keeps failing: write message by message, dead-letter only
-/// the messages that fail on their own.
-async fn isolate(pool: &PgPool, items: Vec<Pending>) -> Result<(), SessionError> {
+/// The database is up but the batch keeps failing: write message by message, and within a
+/// message that fails alone, event by event. Only the events the database refuses on their own
+/// are dead-lettered (in one envelope, with the database's reason); the rest are stored.
+async fn isolate(
+    pool: &PgPool,
+    dead_letters: &DeadLetters,
+    items: Vec<Pending>,
+) -> Result<(), SessionError> {
     for pending in items {
-        match write(pool, &[&pending.envelope]).await {
-            Ok(_) => {
-                pending.acker.ack(BasicAckOptions::default()).await?;
-            }
-            Err(error) if database_answers(pool).await => {
-                tracing::error!(
-                    %error,
-                    request_id = %pending.envelope.request_id,
-                    events = pending.envelope.events.len(),
-                    "dead-lettering a message the database refuses"
-                );
-                pending
-                    .acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await?;
-            }
-            // The database went away again: leave the rest unacknowledged for redelivery.
-            Err(error) => {
-                tracing::warn!(%error, "database lost while isolating a batch");
-                return Err(SessionError::DatabaseLost);
+        if write(pool, &[&pending.envelope]).await.is_ok() {
+            pending.acker.ack(BasicAckOptions::default()).await?;
+            continue;
+        }
+        if !database_answers(pool).await {
+            // Leave this and the rest unacknowledged: the broker redelivers them.
+            return Err(SessionError::DatabaseLost);
+        }
+        let envelope = &pending.envelope;
+        let mut refused = Vec::new();
+        let mut reason = String::new();
+        for event in &envelope.events {
+            let single = Envelope::new(
+                envelope.request_id.clone(),
+                envelope.received_at,
+                vec![event.clone()],
+            );
+            if let Err(error) = write(pool, &[&single]).await {
+                if !database_answers(pool).await {
+                    return Err(SessionError::DatabaseLost);
+                }
+                if reason.is_empty() {
+                    reason = format!("database refused the event: {error}");
+                }
+                refused.push(event.clone());
             }
         }
+        if !refused.is_empty() {
+            tracing::error!(
+                request_id = %envelope.request_id,
+                refused = refused.len(),
+                stored = envelope.events.len() - refused.len(),
+                %reason,
+                "dead-lettering events the database refuses"
+            );
+            let dead = Envelope::new(envelope.request_id.clone(), envelope.received_at, refused);
+            dead_letters
+                .publish(
+                    &pending.routing_key,
+                    &dead.encode(),
+                    &pending.properties,
+                    &reason,
+                )
+                .await?;
+        }
+        pending.acker.ack(BasicAckOptions::default()).await?;
     }
     Ok(())
 }

@@ -1,24 +1,28 @@
-//! A message that cannot be decoded goes to the dead-letter queue; the consumer goes on.
+//! Dead letters: undecodable messages and events the database refuses go to the dead-letter
+//! queue with a readable reason, nothing else does, and `dlq replay` sends them back.
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use std::time::Duration;
+
+use diesel_async::RunQueryDsl;
+use lapin::options::{
+    BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
+};
 use lapin::BasicProperties;
+use serde_json::Value;
+use shared_types::Envelope;
 
-use crate::helpers::{event, spawn_app};
+use crate::helpers::{event, spawn_app, TestApp};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn undecodable_message_is_dead_lettered_and_consumer_goes_on() {
-    let app = spawn_app().await;
-    let topology = app.topology();
+async fn publish_garbage(app: &TestApp) {
     let connection = app.amqp().await;
     let channel = connection.create_channel().await.unwrap();
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-
     let confirm = channel
         .basic_publish(
-            topology.exchange().as_str().into(),
+            app.topology().exchange().as_str().into(),
             "garbage".into(),
             BasicPublishOptions::default(),
             b"\x00 this is not an envelope",
@@ -29,11 +33,140 @@ async fn undecodable_message_is_dead_lettered_and_consumer_goes_on() {
         .await
         .unwrap();
     assert!(confirm.is_ack());
+    let _ = connection.close(200, "done".into()).await;
+}
 
-    app.wait_for_depth(&topology.dead_letter_queue(), 1).await;
+/// Takes one dead letter, returns (reason, body), and puts it back.
+async fn peek_dead_letter(app: &TestApp) -> (String, Vec<u8>) {
+    let connection = app.amqp().await;
+    let channel = connection.create_channel().await.unwrap();
+    let message = channel
+        .basic_get(
+            app.topology().dead_letter_queue().as_str().into(),
+            BasicGetOptions { no_ack: false },
+        )
+        .await
+        .unwrap()
+        .expect("a dead letter");
+    let reason = consumer::dead_letter::reason_of(message.delivery.properties.headers().as_ref());
+    let body = message.delivery.data.clone();
+    channel
+        .basic_nack(
+            message.delivery.delivery_tag,
+            BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            },
+        )
+        .await
+        .unwrap();
+    let _ = connection.close(200, "done".into()).await;
+    (reason, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn undecodable_message_is_dead_lettered_with_its_reason_and_consumer_goes_on() {
+    let app = spawn_app().await;
+
+    publish_garbage(&app).await;
+
+    app.wait_for_depth(&app.topology().dead_letter_queue(), 1)
+        .await;
+    let (reason, body) = peek_dead_letter(&app).await;
+    assert!(
+        reason.starts_with("undecodable: malformed envelope"),
+        "{reason}"
+    );
+    assert_eq!(body, b"\x00 this is not an envelope");
     assert_eq!(app.post_event(&event("after.garbage")).await.status(), 202);
     app.wait_for_rows(1).await;
-    app.wait_for_depth(&topology.store_queue(), 0).await;
+    app.wait_for_depth(&app.topology().store_queue(), 0).await;
+    app.cleanup().await;
+}
+
+async fn refuse_id(app: &TestApp, id: &str) {
+    let mut db = app.db().await;
+    diesel::sql_query(format!(
+        "ALTER TABLE events ADD CONSTRAINT test_refuse CHECK (id <> '{id}')"
+    ))
+    .execute(&mut db)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn event_the_database_refuses_is_dead_lettered_alone() {
+    let app = spawn_app().await;
+    refuse_id(&app, "poison").await;
+    let mut batch: Vec<Value> = (0..3).map(|_| event("order.placed")).collect();
+    batch[1]["id"] = "poison".into();
+
+    let response = app
+        .post(
+            "application/cloudevents-batch+json",
+            Value::Array(batch).to_string(),
+            &[],
+        )
+        .await;
+
+    assert_eq!(response.status(), 202);
+    app.wait_for_rows(2).await;
+    app.wait_for_depth(&app.topology().dead_letter_queue(), 1)
+        .await;
+    let (reason, body) = peek_dead_letter(&app).await;
+    assert!(reason.contains("test_refuse"), "{reason}");
+    let dead = Envelope::decode(&body).unwrap();
+    assert_eq!(dead.events.len(), 1);
+    assert_eq!(dead.events[0].id, "poison");
+    app.wait_for_depth(&app.topology().store_queue(), 0).await;
+    assert_eq!(app.count_rows().await, 2);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dlq_list_shows_reasons_and_replay_sends_them_back() {
+    let app = spawn_app().await;
+    refuse_id(&app, "poison").await;
+    let mut poison = event("order.placed");
+    poison["id"] = "poison".into();
+    assert_eq!(app.post_event(&poison).await.status(), 202);
+    publish_garbage(&app).await;
+    let dead_queue = app.topology().dead_letter_queue();
+    app.wait_for_depth(&dead_queue, 2).await;
+    let connection = app.amqp().await;
+
+    let report = consumer::dlq::list(&connection, &app.topology(), 10)
+        .await
+        .unwrap();
+
+    assert_eq!(report.total, 2);
+    assert_eq!(report.shown.len(), 2);
+    assert!(
+        report.reasons.keys().any(|r| r.starts_with("undecodable")),
+        "{:?}",
+        report.reasons
+    );
+    assert!(
+        report.reasons.keys().any(|r| r.contains("test_refuse")),
+        "{:?}",
+        report.reasons
+    );
+    app.wait_for_depth(&dead_queue, 2).await;
+
+    // Once the database accepts the event, a replay stores it; the garbage comes back dead.
+    let mut db = app.db().await;
+    diesel::sql_query("ALTER TABLE events DROP CONSTRAINT test_refuse")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let replayed = consumer::dlq::replay(&connection, &app.topology(), 10)
+        .await
+        .unwrap();
+    assert_eq!(replayed, 2);
+    app.wait_for_rows(1).await;
+    app.wait_for_depth(&dead_queue, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(app.count_rows().await, 1);
     let _ = connection.close(200, "done".into()).await;
     app.cleanup().await;
 }

@@ -6,5 +6,6 @@ mod dead_letter;
 mod helpers;
 mod ingest;
 mod openapi;
+mod outage;
 mod query;
 mod redelivery;

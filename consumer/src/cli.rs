@@ -1,0 +1,115 @@
+//! The consumer's operator subcommands other than serving: `dlq list` and `dlq replay`.
+
+use lapin::{Connection, ConnectionProperties};
+
+use crate::config::ConsumerConfig;
+use crate::dlq;
+
+/// Usage of the `dlq` subcommand.
+pub const DLQ_USAGE: &str =
+    "usage: consumer dlq list [--max N]     (default 20)\n       consumer dlq replay [--limit N] (default: all)";
+
+/// A bad command line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}\n{DLQ_USAGE}")]
+pub struct UsageError(String);
+
+/// What `dlq` was asked to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DlqCommand {
+    /// Show up to this many dead letters.
+    List(usize),
+    /// Republish up to this many.
+    Replay(usize),
+}
+
+/// Parses the words after `dlq`.
+pub fn parse_dlq(args: &[String]) -> Result<DlqCommand, UsageError> {
+    let number = |flag: &str, default: usize| -> Result<usize, UsageError> {
+        match args.get(1).map(String::as_str) {
+            None => Ok(default),
+            Some(given) if given == flag => args
+                .get(2)
+                .and_then(|n| n.parse().ok())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| UsageError(format!("{flag} takes a positive whole number"))),
+            Some(other) => Err(UsageError(format!("unexpected argument {other:?}"))),
+        }
+    };
+    match args.first().map(String::as_str) {
+        Some("list") => Ok(DlqCommand::List(number("--max", 20)?)),
+        Some("replay") => Ok(DlqCommand::Replay(number("--limit", usize::MAX)?)),
+        _ => Err(UsageError("expected list or replay".into())),
+    }
+}
+
+/// Runs a `dlq` command and prints its report.
+pub async fn run_dlq(config: &ConsumerConfig, command: DlqCommand) -> anyhow::Result<()> {
+    let connection = Connection::connect(&config.amqp_url, ConnectionProperties::default()).await?;
+    config
+        .topology
+        .declare(&connection, config.queue_limits)
+        .await?;
+    match command {
+        DlqCommand::List(max) => {
+            let report = dlq::list(&connection, &config.topology, max).await?;
+            println!(
+                "{} message(s) in {}",
+                report.total,
+                config.topology.dead_letter_queue()
+            );
+            for (reason, count) in &report.reasons {
+                println!("  {count:>6}  {reason}");
+            }
+            for (index, letter) in report.shown.iter().enumerate() {
+                println!(
+                    "#{index} routing_key={} bytes={} reason={}\n   {}",
+                    letter.routing_key, letter.bytes, letter.reason, letter.preview
+                );
+            }
+        }
+        DlqCommand::Replay(limit) => {
+            let replayed = dlq::replay(&connection, &config.topology, limit).await?;
+            println!(
+                "replayed {replayed} message(s) to {}",
+                config.topology.exchange()
+            );
+        }
+    }
+    let _ = connection.close(200, "done".into()).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| (*w).to_owned()).collect()
+    }
+
+    #[test]
+    fn dlq_commands_parse_with_defaults_and_flags() {
+        assert_eq!(parse_dlq(&args(&["list"])).unwrap(), DlqCommand::List(20));
+        assert_eq!(
+            parse_dlq(&args(&["list", "--max", "5"])).unwrap(),
+            DlqCommand::List(5)
+        );
+        assert_eq!(
+            parse_dlq(&args(&["replay"])).unwrap(),
+            DlqCommand::Replay(usize::MAX)
+        );
+        assert_eq!(
+            parse_dlq(&args(&["replay", "--limit", "3"])).unwrap(),
+            DlqCommand::Replay(3)
+        );
+    }
+
+    #[test]
+    fn bad_dlq_commands_are_refused() {
+        assert!(parse_dlq(&args(&[])).is_err());
+        assert!(parse_dlq(&args(&["purge"])).is_err());
+        assert!(parse_dlq(&args(&["replay", "--limit", "0"])).is_err());
+        assert!(parse_dlq(&args(&["list", "--limit", "3"])).is_err());
+    }
+}
