@@ -43,6 +43,8 @@ pub struct WorkerStatus {
 enum SessionError {
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
+    #[error("broker setup: {0}")]
+    Setup(#[from] shared_types::topology::SetupError),
     #[error("the broker cancelled the subscription or closed the channel")]
     SubscriptionEnded,
     #[error("the database went away while a batch was being split")]

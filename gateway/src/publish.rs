@@ -271,7 +271,13 @@ async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
     }
 }
 
-async fn connect(settings: &BrokerSettings) -> Result<Live, lapin::Error> {
+async fn connect(
+    settings: &BrokerSettings,
+) -> Result<Live, shared_types::topology::SetupError> {
+    shared_types::topology::with_setup_timeout(connect_inner(settings)).await
+}
+
+async fn connect_inner(settings: &BrokerSettings) -> Result<Live, lapin::Error> {
     let properties = ConnectionProperties::default()
         .with_connection_name(LongString::from("warren-gateway-publish"));
     let connection = Connection::connect(&settings.url, properties).await?;

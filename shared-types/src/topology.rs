@@ -195,6 +195,31 @@ impl Topology {
     }
 }
 
+/// Longest wait for a broker connection and its setup: a frozen broker accepts TCP connections but
+/// never answers the AMQP handshake, and a reconnect loop must not hang on it.
+pub const SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why a broker session could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The broker refused or failed.
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    /// The broker did not answer within [`SETUP_TIMEOUT`].
+    #[error("the broker did not answer within {} s", SETUP_TIMEOUT.as_secs())]
+    Timeout,
+}
+
+/// Runs a broker setup step (connect, declare, open channels) under [`SETUP_TIMEOUT`].
+pub async fn with_setup_timeout<T>(
+    setup: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, SetupError> {
+    match tokio::time::timeout(SETUP_TIMEOUT, setup).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(SetupError::Timeout),
+    }
+}
+
 fn long_string(text: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(text))
 }

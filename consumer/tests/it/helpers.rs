@@ -291,7 +291,12 @@ impl Drop for TestApp {
             return;
         }
         let (prefix, db_name) = (self.prefix.clone(), self.db_name.clone());
+        // Dropping the stop senders stops the services; give them a moment, or a consumer would
+        // redeclare the queues it is told were deleted.
+        drop(self.gateway.take());
+        drop(self.consumer.take());
         let _ = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(2));
             if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

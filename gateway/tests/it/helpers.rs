@@ -97,15 +97,7 @@ impl TestGateway {
     }
 }
 
-/// A valid structured event with a unique id.
-pub fn event() -> Value {
-    serde_json::json!({
-        "specversion": "1.0",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "source": "/tests",
-        "type": "test.event",
-    })
-}
+pub use crate::bad_input_cases::event;
 
 /// Asserts the shared error shape and returns the code.
 pub async fn error_code(response: reqwest::Response) -> String {

@@ -2,6 +2,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod bad_input;
+#[path = "../common/bad_input_cases.rs"]
+mod bad_input_cases;
 mod broker_down;
 mod helpers;
 mod routes;

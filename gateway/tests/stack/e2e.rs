@@ -1,7 +1,6 @@
 //! End to end through nginx on the stack `scripts/stack up` started: 1 000 events in mixed modes
 //! (single, batch, binary, gzip), read back by list pagination and by lookup, each exactly once,
 //! and the counts endpoint agrees. Needs `WARREN_E2E_URL` (the URL `scripts/stack up` printed).
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -9,12 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-fn base_url() -> String {
-    std::env::var("WARREN_E2E_URL")
-        .expect("set WARREN_E2E_URL to the URL `scripts/stack up` printed")
-        .trim_end_matches('/')
-        .to_owned()
-}
+use crate::{base_url, encode};
 
 fn event(source: &str, id: &str, kind: &str) -> Value {
     json!({"specversion": "1.0", "id": id, "source": source, "type": kind, "data": {"id": id}})
@@ -55,19 +49,6 @@ impl Client {
             .unwrap();
         (response.status().as_u16(), response.json().await.unwrap())
     }
-}
-
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

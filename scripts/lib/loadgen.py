@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Steady, bounded load of uniquely identified events, and reconciliation against `events`.
+
+  loadgen.py load --url URL --source SOURCE --rate N --duration S [--stop-file F] --out FILE.csv
+      POSTs single structured events at about N requests/s for at most S seconds, or until F
+      exists (threads with keep-alive connections, 15 s timeout each), and writes one line per
+      event: id,status,t_sent,t_done,retried (status 0 = no HTTP answer: refused, reset, timeout).
+      Like browsers and HTTP client libraries, it resends a request once on a fresh connection
+      when a reused keep-alive connection was closed before any answer; that is safe here because
+      ingest deduplicates on (source, id). Such resends are counted, not hidden.
+  loadgen.py reconcile --csv FILE --source SOURCE --db URL --name NAME [--heal T] [--drained S]
+      Compares the responses with the rows stored for SOURCE and prints one JSON line.
+Standard library only, so it runs wherever python3 does.
+"""
+import argparse
+import csv
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections import Counter
+
+
+def load(args):
+    target = urllib.parse.urlsplit(args.url)
+    deadline = time.time() + args.duration
+    threads = max(1, min(args.threads, args.rate))
+    interval = threads / float(args.rate)
+    lock = threading.Lock()
+    rows = []
+
+    def worker(number):
+        connection = None
+        sequence = 0
+        next_send = time.time() + (number * interval / threads)
+        while True:
+            now = time.time()
+            if now >= deadline or (args.stop_file and os.path.exists(args.stop_file)):
+                break
+            if now < next_send:
+                time.sleep(next_send - now)
+            next_send += interval
+            event_id = f"{number}-{sequence}"
+            sequence += 1
+            body = json.dumps({"specversion": "1.0", "id": event_id, "source": args.source,
+                               "type": "faults.load", "data": {"n": sequence}})
+            sent = time.time()
+            status = 0
+            retried = 0
+            for attempt in (0, 1):
+                reused = connection is not None
+                try:
+                    if connection is None:
+                        connection = http.client.HTTPConnection(target.hostname, target.port, timeout=15)
+                    connection.request("POST", "/v1/events", body,
+                                       {"content-type": "application/cloudevents+json"})
+                    response = connection.getresponse()
+                    response.read()
+                    status = response.status
+                    if response.getheader("connection", "").lower() == "close":
+                        connection.close()
+                        connection = None
+                    break
+                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as error:
+                    if connection is not None:
+                        connection.close()
+                    connection = None
+                    if not reused or attempt == 1:
+                        break
+                    retried = 1
+                except (OSError, http.client.HTTPException):
+                    if connection is not None:
+                        connection.close()
+                    connection = None
+                    break
+            with lock:
+                rows.append((event_id, status, sent, time.time(), retried))
+
+    workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    with open(args.out, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["id", "status", "t_sent", "t_done", "retried"])
+        writer.writerows(rows)
+
+
+def stored_counts(db, source):
+    query = "SELECT id, count(*) FROM events WHERE source = :'source' GROUP BY id"
+    result = subprocess.run(
+        ["psql", db, "-v", "ON_ERROR_STOP=1", "-v", f"source={source}", "-AtF,", "-f", "-"],
+        input=query, capture_output=True, text=True, check=True)
+    counts = {}
+    for line in result.stdout.splitlines():
+        event_id, count = line.rsplit(",", 1)
+        counts[event_id] = int(count)
+    return counts
+
+
+def reconcile(args):
+    with open(args.csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    stored = stored_counts(args.db, args.source)
+    accepted = {row["id"] for row in rows if row["status"] == "202"}
+    errored = {row["id"] for row in rows if row["status"] != "202"}
+    errors = Counter("conn" if row["status"] == "0" else row["status"]
+                     for row in rows if row["status"] != "202")
+    first_202 = None
+    if args.heal is not None:
+        after = [float(row["t_done"]) for row in rows
+                 if row["status"] == "202" and float(row["t_sent"]) >= args.heal]
+        if after:
+            first_202 = round(max(0.0, min(after) - args.heal), 2)
+    result = {
+        "scenario": args.name,
+        "sent": len(rows),
+        "accepted": len(accepted),
+        "errors": dict(sorted(errors.items())),
+        "keepalive_resends": sum(int(row["retried"]) for row in rows),
+        "stored": len(stored),
+        "duplicates": sum(count - 1 for count in stored.values()),
+        "lost": len(accepted - stored.keys()),
+        "stored_but_errored": len(errored & stored.keys()),
+        "unknown_stored": len(stored.keys() - accepted - errored),
+        "heal_to_first_202_s": first_202,
+        "heal_to_empty_queue_s": args.drained,
+    }
+    print(json.dumps(result))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("load")
+    run.add_argument("--url", required=True)
+    run.add_argument("--source", required=True)
+    run.add_argument("--rate", type=int, default=200)
+    run.add_argument("--duration", type=float, required=True)
+    run.add_argument("--threads", type=int, default=24)
+    run.add_argument("--stop-file")
+    run.add_argument("--out", required=True)
+    check = commands.add_parser("reconcile")
+    check.add_argument("--csv", required=True)
+    check.add_argument("--source", required=True)
+    check.add_argument("--db", required=True)
+    check.add_argument("--name", required=True)
+    check.add_argument("--heal", type=float)
+    check.add_argument("--drained", type=float)
+    args = parser.parse_args()
+    if args.command == "load":
+        if args.rate <= 0 or args.duration <= 0:
+            sys.exit("rate and duration must be positive")
+        load(args)
+    else:
+        reconcile(args)
+
+
+if __name__ == "__main__":
+    main()
