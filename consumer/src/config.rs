@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use shared_types::auth::Auth;
 use shared_types::config::{amqp_url, ConfigError, Settings};
+use shared_types::rate_limit::{Limit, RateLimiter};
 use shared_types::server::ServerSettings;
 use shared_types::topology::{QueueLimits, Topology};
 
@@ -38,6 +40,10 @@ pub struct ConsumerConfig {
     pub server: ServerSettings,
     /// Test-only: a fixed delay added to every batch write, to measure consumer scaling.
     pub write_delay: Duration,
+    /// API keys (`WARREN_AUTH`, `WARREN_INGEST_KEYS`, `WARREN_READ_KEYS`, `WARREN_KEYS_FILE`).
+    pub auth: Auth,
+    /// Per-key queries per second (`WARREN_READ_RATE_LIMIT`, `WARREN_READ_RATE_BURST`).
+    pub read_limit: Option<Limit>,
 }
 
 /// When a batch is written: at `max_events` events or `max_wait` after its first delivery.
@@ -105,6 +111,8 @@ impl ConsumerConfig {
                 shutdown_grace: settings.millis("WARREN_SHUTDOWN_GRACE_MS", 25_000, 0..=600_000)?,
             },
             write_delay: settings.millis("WARREN_TEST_WRITE_DELAY_MS", 0, 0..=60_000)?,
+            auth: Auth::from_settings(settings)?,
+            read_limit: RateLimiter::limit_from_settings(settings, "WARREN_READ", 1)?,
         })
     }
 }
@@ -126,8 +134,9 @@ mod tests {
     use super::*;
 
     fn config(pairs: &[(&str, &str)]) -> Result<ConsumerConfig, ConfigError> {
-        let pairs: Vec<(String, String)> = pairs
+        let pairs: Vec<(String, String)> = [("WARREN_AUTH", "off")]
             .iter()
+            .chain(pairs)
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         ConsumerConfig::from_settings(&Settings::from_lookup(move |name| {

@@ -97,12 +97,16 @@ impl DeadLetters {
         match self.publish(routing_key, body, original, reason).await {
             Ok(()) => {
                 acker.ack(BasicAckOptions::default()).await?;
+                metrics::counter!("warren_consumer_acks_total").increment(1);
             }
             Err(error) => {
                 tracing::warn!(%error, "dead-letter publish failed; rejecting to the broker's dead-lettering");
                 acker.reject(BasicRejectOptions { requeue: false }).await?;
+                metrics::counter!("warren_consumer_rejects_total").increment(1);
             }
         }
+        metrics::counter!("warren_consumer_dead_lettered_total", "reason" => "undecodable")
+            .increment(1);
         Ok(())
     }
 }

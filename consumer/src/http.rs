@@ -13,7 +13,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
+use shared_types::auth::{Auth, AuthError, Scope};
 use shared_types::http_json;
+use shared_types::rate_limit::{Limited, RateLimiter};
 
 use crate::db::PgPool;
 use crate::query::{self, params};
@@ -26,6 +28,7 @@ pub const OPENAPI: &str = include_str!("../../openapi.json");
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/metrics"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/v1/events"),
     ("GET", "/v1/events/lookup"),
@@ -38,6 +41,10 @@ pub struct AppState {
     pub read_pool: PgPool,
     /// The worker's connection state.
     pub worker: Arc<WorkerStatus>,
+    /// API keys.
+    pub auth: Auth,
+    /// Per-key token buckets for queries.
+    pub limiter: RateLimiter,
 }
 
 /// Why a read request failed. Mapped to HTTP in [`QueryError::into_response`] only.
@@ -64,6 +71,12 @@ pub enum QueryError {
     /// The path exists, but not for this method.
     #[error("method not allowed")]
     MethodNotAllowed(&'static str),
+    /// No key, a wrong key, or a key of the other scope.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The key's rate limit is spent.
+    #[error("rate limit exceeded for this API key")]
+    RateLimited(Limited),
 }
 
 impl From<diesel::result::Error> for QueryError {
@@ -113,6 +126,24 @@ impl QueryError {
                 "internal",
                 "the query failed".to_owned(),
             ),
+            QueryError::Auth(AuthError::Missing) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                self.to_string(),
+            ),
+            QueryError::Auth(AuthError::Invalid) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                self.to_string(),
+            ),
+            QueryError::Auth(AuthError::WrongScope(_)) => {
+                (StatusCode::FORBIDDEN, "forbidden", self.to_string())
+            }
+            QueryError::RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                self.to_string(),
+            ),
         };
         let details = match &self {
             QueryError::Param(error) => {
@@ -126,6 +157,17 @@ impl QueryError {
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        let extra = http_json::extra_headers(
+            match &self {
+                QueryError::Auth(error) => Some(error),
+                _ => None,
+            },
+            match &self {
+                QueryError::RateLimited(limited) => Some(limited),
+                _ => None,
+            },
+        );
+        response.headers_mut().extend(extra);
         if let QueryError::MethodNotAllowed(allow) = self {
             response
                 .headers_mut()
@@ -157,6 +199,13 @@ pub async fn handle(
             error.into_response()
         }
     };
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("warren_consumer_requests_total", "route" => route, "status" => status)
+        .increment(1);
+    if route.starts_with("/v1/") {
+        metrics::histogram!("warren_consumer_query_duration_seconds", "route" => route)
+            .record(started.elapsed().as_secs_f64());
+    }
     tracing::info!(
         %method,
         route,
@@ -180,9 +229,35 @@ async fn dispatch(
         return Err(QueryError::MethodNotAllowed("GET"));
     }
     let query = request.uri().query();
+    if matches!(
+        path,
+        "/v1/events" | "/v1/events/lookup" | "/v1/stats/counts"
+    ) {
+        let authorization = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        let caller = state.auth.authorize(authorization, Scope::Read)?;
+        state
+            .limiter
+            .check(caller, 1.0)
+            .map_err(QueryError::RateLimited)?;
+    }
     match path {
         "/healthz" => Ok(http_json::json(StatusCode::OK, &json!({"status": "ok"}))),
         "/readyz" => Ok(readiness(state).await),
+        "/metrics" => {
+            metrics::gauge!("warren_consumer_db_pool_connections_in_use", "pool" => "read").set(
+                state.read_pool.status().size as f64 - state.read_pool.status().available as f64,
+            );
+            let mut response =
+                Response::new(Full::new(Bytes::from(shared_types::metrics::render())));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            Ok(response)
+        }
         "/v1/openapi.json" => {
             let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
             response

@@ -71,9 +71,15 @@ pub async fn run(
         Arc::clone(&status),
         cancel.clone(),
     ));
+    shared_types::metrics::install();
+    if !config.auth.is_on() {
+        tracing::warn!("WARREN_AUTH=off: anyone who reaches a consumer may query events");
+    }
     let state = Arc::new(AppState {
         read_pool: read_pool.clone(),
         worker: status,
+        auth: config.auth.clone(),
+        limiter: shared_types::rate_limit::RateLimiter::new(config.read_limit),
     });
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "consumer listening");

@@ -136,6 +136,7 @@ async fn session(
                     Some(Err(error)) => return Err(error.into()),
                     None => return Err(SessionError::SubscriptionEnded),
                 };
+                metrics::counter!("warren_consumer_deliveries_total").increment(1);
                 match Envelope::decode(&delivery.data) {
                     Ok(envelope) => {
                         batch.push(Pending {
@@ -202,9 +203,11 @@ async fn flush(
         let envelopes: Vec<&Envelope> = items.iter().map(|p| &p.envelope).collect();
         match write(pool, &envelopes).await {
             Ok(inserted) => {
+                let write_seconds = started.elapsed().as_secs_f64();
                 if let Some(last) = items.iter().max_by_key(|p| p.delivery_tag) {
                     last.acker.ack(BasicAckOptions { multiple: true }).await?;
                 }
+                record_batch(pool, &items, events, inserted, write_seconds);
                 let request_ids: Vec<&str> = items
                     .iter()
                     .map(|p| p.envelope.request_id.as_str())
@@ -239,6 +242,26 @@ async fn flush(
     }
 }
 
+/// Batch size, write time, rows, acks, pool use and end-to-end lag of one stored batch.
+fn record_batch(pool: &PgPool, items: &[Pending], events: usize, inserted: usize, seconds: f64) {
+    metrics::histogram!("warren_consumer_batch_events").record(events as f64);
+    metrics::histogram!("warren_consumer_batch_write_seconds").record(seconds);
+    metrics::counter!("warren_consumer_rows_inserted_total").increment(inserted as u64);
+    metrics::counter!("warren_consumer_duplicates_skipped_total")
+        .increment(events.saturating_sub(inserted) as u64);
+    metrics::counter!("warren_consumer_acks_total").increment(items.len() as u64);
+    let status = pool.status();
+    metrics::gauge!("warren_consumer_db_pool_connections_in_use", "pool" => "write")
+        .set(status.size as f64 - status.available as f64);
+    let now = chrono::Utc::now();
+    for pending in items {
+        let lag = (now - pending.envelope.received_at)
+            .num_microseconds()
+            .unwrap_or(0);
+        metrics::histogram!("warren_consumer_end_to_end_lag_seconds").record(lag as f64 / 1e6);
+    }
+}
+
 /// The database is up but the batch keeps failing: write message by message, and within a
 /// message that fails alone, event by event. Only the events the database refuses on their own
 /// are dead-lettered (in one envelope, with the database's reason); the rest are stored.
@@ -250,6 +273,7 @@ async fn isolate(
     for pending in items {
         if write(pool, &[&pending.envelope]).await.is_ok() {
             pending.acker.ack(BasicAckOptions::default()).await?;
+            metrics::counter!("warren_consumer_acks_total").increment(1);
             continue;
         }
         if !database_answers(pool).await {

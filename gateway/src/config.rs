@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use shared_types::auth::Auth;
 use shared_types::config::{amqp_url, ConfigError, Settings};
+use shared_types::rate_limit::{Limit, RateLimiter};
 use shared_types::server::ServerSettings;
 use shared_types::topology::{QueueLimits, Topology};
 use shared_types::Limits;
@@ -25,6 +27,10 @@ pub struct GatewayConfig {
     pub body_timeout: Duration,
     /// Seconds clients are told to wait in `Retry-After` on a 503.
     pub retry_after_secs: u64,
+    /// API keys (`WARREN_AUTH`, `WARREN_INGEST_KEYS`, `WARREN_READ_KEYS`, `WARREN_KEYS_FILE`).
+    pub auth: Auth,
+    /// Per-key events per second (`WARREN_INGEST_RATE_LIMIT`, `WARREN_INGEST_RATE_BURST`).
+    pub ingest_limit: Option<Limit>,
 }
 
 impl GatewayConfig {
@@ -55,6 +61,12 @@ impl GatewayConfig {
             },
             body_timeout: settings.millis("WARREN_BODY_TIMEOUT_MS", 30_000, 100..=600_000)?,
             retry_after_secs: settings.bounded("WARREN_RETRY_AFTER_SECS", 1, 1..=3600)?,
+            auth: Auth::from_settings(settings)?,
+            ingest_limit: RateLimiter::limit_from_settings(
+                settings,
+                "WARREN_INGEST",
+                limits.max_batch_events,
+            )?,
             limits,
         })
     }
@@ -123,8 +135,9 @@ mod tests {
     use super::*;
 
     fn config(pairs: &[(&str, &str)]) -> Result<GatewayConfig, ConfigError> {
-        let pairs: Vec<(String, String)> = pairs
+        let pairs: Vec<(String, String)> = [("WARREN_AUTH", "off")]
             .iter()
+            .chain(pairs)
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         GatewayConfig::from_settings(&Settings::from_lookup(move |name| {

@@ -49,7 +49,12 @@ pub async fn serve_with<P: EventPublisher>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> bool {
     let settings = config.server;
+    shared_types::metrics::install();
+    if !config.auth.is_on() {
+        tracing::warn!("WARREN_AUTH=off: anyone who reaches the gateway may ingest events");
+    }
     let state = Arc::new(AppState {
+        limiter: shared_types::rate_limit::RateLimiter::new(config.ingest_limit),
         publisher,
         config,
         draining: AtomicBool::new(false),

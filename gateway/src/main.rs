@@ -1,18 +1,36 @@
-//! The `gateway` binary: `gateway` serves; `gateway healthcheck` probes a running one.
+//! The `gateway` binary: `gateway` serves; `gateway keygen --scope ingest|read` prints a new API
+//! key and its configuration line; `gateway healthcheck` probes a running one.
 
 use anyhow::Context;
 use gateway::GatewayConfig;
+use shared_types::auth::{generate_key, Scope};
 use shared_types::shutdown::shutdown_signal;
+
+const USAGE: &str = "usage: gateway [serve | healthcheck | keygen --scope ingest|read]";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("keygen") {
+        let scope: Scope = match (args.get(1).map(String::as_str), args.get(2)) {
+            (Some("--scope"), Some(scope)) => scope.parse().map_err(anyhow::Error::msg)?,
+            _ => anyhow::bail!(USAGE),
+        };
+        let (key, line) = generate_key(scope);
+        println!("key:  {key}");
+        println!("hash: {line}");
+        println!("# give the key to the client; configure the hash with WARREN_KEYS_FILE (the line as is)");
+        println!(
+            "# or WARREN_{}_KEYS (the hex part)",
+            scope.as_str().to_uppercase()
+        );
+        return Ok(());
+    }
     let config = GatewayConfig::from_env().context("invalid configuration")?;
-    match std::env::args().nth(1).as_deref() {
+    match args.first().map(String::as_str) {
         None | Some("serve") => {}
         Some("healthcheck") => return shared_types::healthcheck::probe(config.addr).await,
-        Some(other) => {
-            anyhow::bail!("unknown subcommand {other:?}; usage: gateway [serve|healthcheck]")
-        }
+        Some(other) => anyhow::bail!("unknown subcommand {other:?}; {USAGE}"),
     }
     shared_types::telemetry::init("info,lapin=warn")?;
     let listener = tokio::net::TcpListener::bind(config.addr)

@@ -161,6 +161,7 @@ impl EventPublisher for BrokerPublisher {
         let _permit = Arc::clone(&shared.in_flight)
             .try_acquire_many_owned(count)
             .map_err(|_| PublishError::Overloaded)?;
+        let _in_flight = InFlight::new(f64::from(count));
         let index = shared.next_channel.fetch_add(1, Ordering::Relaxed) % live.channels.len();
         let channel = &live.channels[index];
         let exchange = shared.settings.topology.exchange();
@@ -229,6 +230,22 @@ impl EventPublisher for BrokerPublisher {
     }
 }
 
+/// Counts messages awaiting confirms in `warren_gateway_publishes_in_flight` while alive.
+struct InFlight(f64);
+
+impl InFlight {
+    fn new(count: f64) -> Self {
+        metrics::gauge!("warren_gateway_publishes_in_flight").increment(count);
+        Self(count)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("warren_gateway_publishes_in_flight").decrement(self.0);
+    }
+}
+
 async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
     let settings = &shared.settings;
     let redacted = shared_types::config::redact_url(&settings.url);
@@ -243,7 +260,9 @@ async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
                     *slot = Some(Arc::clone(&live));
                 }
                 tracing::info!(broker = %redacted, channels = live.channels.len(), "publishing connection open");
+                metrics::gauge!("warren_gateway_broker_connected").set(1.0);
                 watch_connection(&shared, &live, events, &cancel).await;
+                metrics::gauge!("warren_gateway_broker_connected").set(0.0);
                 if let Ok(mut slot) = shared.live.write() {
                     *slot = None;
                 }
@@ -271,9 +290,7 @@ async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
     }
 }
 
-async fn connect(
-    settings: &BrokerSettings,
-) -> Result<Live, shared_types::topology::SetupError> {
+async fn connect(settings: &BrokerSettings) -> Result<Live, shared_types::topology::SetupError> {
     shared_types::topology::with_setup_timeout(connect_inner(settings)).await
 }
 
@@ -315,10 +332,12 @@ async fn watch_connection(
                 Some(lapin::Event::ConnectionBlocked(reason)) => {
                     tracing::warn!(%reason, "broker blocked publishing");
                     shared.blocked.store(true, Ordering::Release);
+                    metrics::gauge!("warren_gateway_broker_blocked").set(1.0);
                 }
                 Some(lapin::Event::ConnectionUnblocked) => {
                     tracing::info!("broker unblocked publishing");
                     shared.blocked.store(false, Ordering::Release);
+                    metrics::gauge!("warren_gateway_broker_blocked").set(0.0);
                 }
                 Some(lapin::Event::Error(error)) => {
                     tracing::warn!(%error, "publishing connection error");

@@ -59,3 +59,42 @@ pub fn error<D: Serialize>(
 pub fn simple_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
     error(status, code, message, [(); 0])
 }
+
+/// `WWW-Authenticate` for auth failures and `Retry-After` plus `RateLimit-*` for 429s: the
+/// headers both services add to those errors.
+pub fn extra_headers(
+    auth: Option<&crate::auth::AuthError>,
+    limited: Option<&crate::rate_limit::Limited>,
+) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    if let Some(error) = auth {
+        let value = match error {
+            crate::auth::AuthError::WrongScope(_) => {
+                "Bearer realm=\"warren\", error=\"insufficient_scope\""
+            }
+            crate::auth::AuthError::Invalid => "Bearer realm=\"warren\", error=\"invalid_token\"",
+            crate::auth::AuthError::Missing => "Bearer realm=\"warren\"",
+        };
+        headers.insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(value),
+        );
+    }
+    if let Some(limited) = limited {
+        headers.insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from(limited.retry_after_secs.max(1)),
+        );
+        headers.extend(quota_headers(&limited.quota));
+    }
+    headers
+}
+
+/// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` for a quota.
+pub fn quota_headers(quota: &crate::rate_limit::Quota) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("ratelimit-limit", HeaderValue::from(quota.limit));
+    headers.insert("ratelimit-remaining", HeaderValue::from(quota.remaining));
+    headers.insert("ratelimit-reset", HeaderValue::from(quota.reset_secs));
+    headers
+}

@@ -6,6 +6,7 @@
 //! the consumer use only this crate for them, so they cannot drift apart.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod backoff;
 pub mod config;
 pub mod envelope;
@@ -14,7 +15,9 @@ pub mod healthcheck;
 pub mod http_json;
 pub mod json;
 pub mod limits;
+pub mod metrics;
 pub mod problem;
+pub mod rate_limit;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -86,6 +86,7 @@ impl TestApp {
                 "WARREN_AMQP_PREFIX" => Some(self.prefix.clone()),
                 "WARREN_BATCH_MAX_WAIT_MS" => Some("20".into()),
                 "WARREN_SHUTDOWN_GRACE_MS" => Some("5000".into()),
+                "WARREN_AUTH" => Some("off".into()),
                 _ => None,
             }
         })

@@ -2,9 +2,11 @@
 //! machine's RabbitMQ and PostgreSQL. Each test has its own database and queue prefix.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod auth;
 mod dead_letter;
 mod helpers;
 mod ingest;
+mod metrics;
 mod openapi;
 mod outage;
 mod query;

@@ -9,6 +9,9 @@ use http_body_util::Full;
 use shared_types::http_json;
 use shared_types::problem::Problem;
 
+use shared_types::auth::AuthError;
+use shared_types::rate_limit::Limited;
+
 use crate::decode::DecodeError;
 use crate::publish::PublishError;
 
@@ -45,6 +48,12 @@ pub enum ApiError {
     /// The gateway is shutting down.
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// No key, a wrong key, or a key of the other scope.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The key's rate limit is spent.
+    #[error("rate limit exceeded for this API key")]
+    RateLimited(Limited),
 }
 
 impl ApiError {
@@ -74,6 +83,10 @@ impl ApiError {
             ApiError::HeadersTooLarge { .. } => "headers_too_large",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::ShuttingDown => "shutting_down",
+            ApiError::Auth(AuthError::Missing) => "unauthenticated",
+            ApiError::Auth(AuthError::Invalid) => "invalid_api_key",
+            ApiError::Auth(AuthError::WrongScope(_)) => "forbidden",
+            ApiError::RateLimited(_) => "rate_limited",
         }
     }
 
@@ -98,6 +111,9 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Auth(AuthError::Missing | AuthError::Invalid) => StatusCode::UNAUTHORIZED,
+            ApiError::Auth(AuthError::WrongScope(_)) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -109,6 +125,16 @@ impl ApiError {
             ApiError::MethodNotAllowed { allow } => Some(*allow),
             _ => None,
         };
+        let extra = shared_types::http_json::extra_headers(
+            match &self {
+                ApiError::Auth(error) => Some(error),
+                _ => None,
+            },
+            match &self {
+                ApiError::RateLimited(limited) => Some(limited),
+                _ => None,
+            },
+        );
         let message = match &self {
             ApiError::Decode(DecodeError::InvalidEvents(_)) => {
                 "one or more events are invalid; see details".to_owned()
@@ -131,6 +157,7 @@ impl ApiError {
                 .headers_mut()
                 .insert(ALLOW, HeaderValue::from_static(allow));
         }
+        response.headers_mut().extend(extra);
         response
     }
 }

@@ -15,8 +15,10 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
+use shared_types::auth::Scope;
 use shared_types::envelope::Envelope;
 use shared_types::http_json;
+use shared_types::rate_limit::RateLimiter;
 use shared_types::Event;
 
 pub use error::ApiError;
@@ -34,6 +36,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/events"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/metrics"),
     ("GET", "/v1/openapi.json"),
 ];
 
@@ -45,6 +48,8 @@ pub struct AppState<P> {
     pub config: GatewayConfig,
     /// Set when shutdown starts, so `/readyz` turns red before connections drain.
     pub draining: AtomicBool,
+    /// Per-key token buckets for ingest.
+    pub limiter: RateLimiter,
 }
 
 /// Handles one request and writes its log line.
@@ -65,12 +70,18 @@ pub async fn handle<P: EventPublisher>(
             if status.is_server_error() {
                 tracing::warn!(request_id = %id, error = %error, "request failed");
             }
+            record_failure(&error);
             (error.into_response(state.config.retry_after_secs), 0)
         }
     };
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(request_id::HEADER, value);
     }
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("warren_gateway_requests_total", "route" => route, "status" => status)
+        .increment(1);
+    metrics::histogram!("warren_gateway_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
     tracing::info!(
         request_id = %id,
         %method,
@@ -86,6 +97,27 @@ pub async fn handle<P: EventPublisher>(
 }
 
 type Outcome = Result<(Response<Full<Bytes>>, usize), ApiError>;
+
+/// Rejected events by code, and 503s by cause.
+fn record_failure(error: &ApiError) {
+    match error {
+        ApiError::Decode(DecodeError::InvalidEvents(problems)) => {
+            for problem in problems {
+                metrics::counter!("warren_gateway_events_rejected_total", "code" => problem.code.as_str())
+                    .increment(1);
+            }
+        }
+        ApiError::Publish(_) | ApiError::ShuttingDown => {
+            metrics::counter!("warren_gateway_unavailable_total", "cause" => error.code())
+                .increment(1);
+        }
+        other if other.status().is_client_error() => {
+            metrics::counter!("warren_gateway_events_rejected_total", "code" => other.code())
+                .increment(1);
+        }
+        _ => {}
+    }
+}
 
 async fn route<P: EventPublisher>(
     state: &AppState<P>,
@@ -108,6 +140,7 @@ async fn route<P: EventPublisher>(
         "/v1/events" => ingest(state, request, request_id).await,
         "/healthz" => Ok((http_json::json(StatusCode::OK, &json!({"status": "ok"})), 0)),
         "/readyz" => Ok((readiness(state), 0)),
+        "/metrics" => Ok((metrics_text(), 0)),
         "/v1/openapi.json" => Ok((openapi(), 0)),
         _ => Err(ApiError::NotFound),
     };
@@ -131,6 +164,15 @@ fn readiness<P: EventPublisher>(state: &AppState<P>) -> Response<Full<Bytes>> {
     )
 }
 
+fn metrics_text() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(shared_types::metrics::render())));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+}
+
 fn openapi() -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
     response.headers_mut().insert(
@@ -148,6 +190,11 @@ async fn ingest<P: EventPublisher>(
     if state.draining.load(Ordering::Acquire) {
         return Err(ApiError::ShuttingDown);
     }
+    let authorization = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let caller = state.config.auth.authorize(authorization, Scope::Ingest)?;
     let received_at = Utc::now();
     let limits = &state.config.limits;
     let (parts, body) = request.into_parts();
@@ -166,12 +213,23 @@ async fn ingest<P: EventPublisher>(
     let body = decode_content(&parts.headers, body, limits.max_body_bytes)?;
     let (_mode, events) = decode_events(&parts.headers, &body, limits, received_at)?;
     let count = events.len();
+    let quota = state
+        .limiter
+        .check(caller, count as f64)
+        .map_err(ApiError::RateLimited)?;
     let messages = group_by_type(request_id, received_at, events);
+    let confirm_started = std::time::Instant::now();
     state.publisher.publish(messages).await?;
-    Ok((
-        http_json::json(StatusCode::ACCEPTED, &json!({"accepted": count})),
-        count,
-    ))
+    metrics::histogram!("warren_gateway_publish_confirm_seconds")
+        .record(confirm_started.elapsed().as_secs_f64());
+    metrics::counter!("warren_gateway_events_accepted_total").increment(count as u64);
+    let mut response = http_json::json(StatusCode::ACCEPTED, &json!({"accepted": count}));
+    if let Some(quota) = quota {
+        response
+            .headers_mut()
+            .extend(http_json::quota_headers(&quota));
+    }
+    Ok((response, count))
 }
 
 async fn read_body(

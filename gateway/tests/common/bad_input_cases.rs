@@ -296,4 +296,3 @@ pub fn cases() -> Vec<Case> {
     }
     cases
 }
-

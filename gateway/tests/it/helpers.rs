@@ -17,9 +17,11 @@ pub struct TestGateway {
     _stop: oneshot::Sender<()>,
 }
 
+/// A config from `env`, with auth off unless `env` says otherwise.
 pub fn config(env: &[(&str, &str)]) -> GatewayConfig {
     let env: Vec<(String, String)> = env
         .iter()
+        .chain(&[("WARREN_AUTH", "off")])
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
     GatewayConfig::from_settings(&Settings::from_lookup(move |name| {

@@ -6,4 +6,5 @@ mod bad_input;
 mod bad_input_cases;
 mod broker_down;
 mod helpers;
+mod rate_limit;
 mod routes;

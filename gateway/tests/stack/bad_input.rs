@@ -17,7 +17,10 @@ async fn every_bad_input_through_nginx_gets_a_json_4xx_and_stores_nothing() {
     for case in cases() {
         // Bad cases carry this run's source wherever their body is an event, so a leak would show.
         let body = String::from_utf8(case.body.clone())
-            .map(|text| text.replace("\"/tests\"", &format!("\"{source}\"")).into_bytes())
+            .map(|text| {
+                text.replace("\"/tests\"", &format!("\"{source}\""))
+                    .into_bytes()
+            })
             .unwrap_or(case.body);
         let mut request = client.post(format!("{base}/v1/events")).body(body);
         if !case.content_type.is_empty() {
@@ -29,10 +32,17 @@ async fn every_bad_input_through_nginx_gets_a_json_4xx_and_stores_nothing() {
         let response = request.send().await.unwrap();
         // nginx answers oversized headers itself, always with status 400 (its internal 494),
         // though the body carries Warren's code.
-        let status = if case.code == "headers_too_large" { 400 } else { case.status };
+        let status = if case.code == "headers_too_large" {
+            400
+        } else {
+            case.status
+        };
         assert_eq!(response.status().as_u16(), status, "{}", case.name);
         assert_eq!(
-            response.headers().get("content-type").map(|v| v.to_str().unwrap()),
+            response
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap()),
             Some("application/json"),
             "{}",
             case.name
@@ -72,7 +82,12 @@ async fn every_bad_input_through_nginx_gets_a_json_4xx_and_stores_nothing() {
             .json()
             .await
             .unwrap();
-        let ids: Vec<&str> = page["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+        let ids: Vec<&str> = page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap())
+            .collect();
         if !ids.is_empty() {
             assert_eq!(ids, ["sentinel"], "a bad input was stored");
             break;
@@ -87,19 +102,27 @@ async fn slowloris_client_is_cut_by_nginx_and_others_are_served() {
     let base = base_url();
     let address = base.trim_start_matches("http://").to_owned();
     let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
-    slow.write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    slow.write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let started = Instant::now();
     let client = reqwest::Client::new();
     let mut cut = false;
     while started.elapsed() < Duration::from_secs(20) {
-        let served = client.get(format!("{base}/v1/events?limit=1")).send().await.unwrap();
+        let served = client
+            .get(format!("{base}/v1/events?limit=1"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(served.status(), 200, "another client was not served");
         if slow.write_all(b"X-Slow: 1\r\n").await.is_err() {
             cut = true;
             break;
         }
         let mut buffer = [0u8; 512];
-        if let Ok(Ok(read)) = tokio::time::timeout(Duration::from_millis(500), slow.read(&mut buffer)).await {
+        if let Ok(Ok(read)) =
+            tokio::time::timeout(Duration::from_millis(500), slow.read(&mut buffer)).await
+        {
             if read == 0 || buffer.starts_with(b"HTTP/1.1 408") {
                 cut = true;
                 break;
@@ -113,8 +136,16 @@ async fn slowloris_client_is_cut_by_nginx_and_others_are_served() {
 async fn methods_other_than_get_and_post_on_the_ingest_route_are_405() {
     let base = base_url();
     let client = reqwest::Client::new();
-    for method in [reqwest::Method::DELETE, reqwest::Method::PUT, reqwest::Method::PATCH] {
-        let response = client.request(method.clone(), format!("{base}/v1/events")).send().await.unwrap();
+    for method in [
+        reqwest::Method::DELETE,
+        reqwest::Method::PUT,
+        reqwest::Method::PATCH,
+    ] {
+        let response = client
+            .request(method.clone(), format!("{base}/v1/events"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 405, "{method}");
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], "method_not_allowed");

@@ -1,9 +1,9 @@
 //! End to end through nginx on a stack `scripts/stack up` started (`WARREN_E2E_URL`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod bad_input;
 #[path = "../common/bad_input_cases.rs"]
 mod bad_input_cases;
-mod bad_input;
 mod e2e;
 
 /// The URL `scripts/stack up` printed.
