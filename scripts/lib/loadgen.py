@@ -56,8 +56,10 @@ def load(args):
                 try:
                     if connection is None:
                         connection = http.client.HTTPConnection(target.hostname, target.port, timeout=15)
-                    connection.request("POST", "/v1/events", body,
-                                       {"content-type": "application/cloudevents+json"})
+                    headers = {"content-type": "application/cloudevents+json"}
+                    if args.key:
+                        headers["authorization"] = f"Bearer {args.key}"
+                    connection.request("POST", "/v1/events", body, headers)
                     response = connection.getresponse()
                     response.read()
                     status = response.status
@@ -144,6 +146,8 @@ def main():
     run.add_argument("--duration", type=float, required=True)
     run.add_argument("--threads", type=int, default=24)
     run.add_argument("--stop-file")
+    run.add_argument("--key", default=os.environ.get("WARREN_INGEST_KEY"),
+                     help="ingest API key (default: $WARREN_INGEST_KEY)")
     run.add_argument("--out", required=True)
     check = commands.add_parser("reconcile")
     check.add_argument("--csv", required=True)

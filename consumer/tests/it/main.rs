@@ -11,3 +11,4 @@ mod openapi;
 mod outage;
 mod query;
 mod redelivery;
+mod timeout;

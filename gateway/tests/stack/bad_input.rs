@@ -7,7 +7,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::bad_input_cases::cases;
-use crate::{base_url, encode};
+use crate::{base_url, encode, with_key};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_bad_input_through_nginx_gets_a_json_4xx_and_stores_nothing() {
@@ -22,7 +22,7 @@ async fn every_bad_input_through_nginx_gets_a_json_4xx_and_stores_nothing() {
                     .into_bytes()
             })
             .unwrap_or(case.body);
-        let mut request = client.post(format!("{base}/v1/events")).body(body);
+        let mut request = with_key(client.post(format!("{base}/v1/events")), "ingest").body(body);
         if !case.content_type.is_empty() {
             request = request.header("content-type", case.content_type);
         }
@@ -53,8 +53,7 @@ async fn every_bad_input_through_nginx_gets_a_json_4xx_and_stores_nothing() {
 
         let valid = serde_json::json!({"specversion": "1.0", "id": uuid::Uuid::new_v4().to_string(),
                                        "source": format!("{source}/valid"), "type": "after.bad"});
-        let response = client
-            .post(format!("{base}/v1/events"))
+        let response = with_key(client.post(format!("{base}/v1/events")), "ingest")
             .header("content-type", "application/cloudevents+json")
             .body(valid.to_string())
             .send()
@@ -64,8 +63,7 @@ async fn every_bad_input_through_nginx_gets_a_json_4xx_and_stores_nothing() {
     }
     // A sentinel with the bad cases' source is the only event stored under it.
     let sentinel = serde_json::json!({"specversion": "1.0", "id": "sentinel", "source": source, "type": "sentinel"});
-    let response = client
-        .post(format!("{base}/v1/events"))
+    let response = with_key(client.post(format!("{base}/v1/events")), "ingest")
         .header("content-type", "application/cloudevents+json")
         .body(sentinel.to_string())
         .send()
@@ -74,14 +72,16 @@ async fn every_bad_input_through_nginx_gets_a_json_4xx_and_stores_nothing() {
     assert_eq!(response.status(), 202);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let page: Value = client
-            .get(format!("{base}/v1/events?source={}", encode(&source)))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = with_key(
+            client.get(format!("{base}/v1/events?source={}", encode(&source))),
+            "read",
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
         let ids: Vec<&str> = page["events"]
             .as_array()
             .unwrap()
@@ -109,8 +109,7 @@ async fn slowloris_client_is_cut_by_nginx_and_others_are_served() {
     let client = reqwest::Client::new();
     let mut cut = false;
     while started.elapsed() < Duration::from_secs(20) {
-        let served = client
-            .get(format!("{base}/v1/events?limit=1"))
+        let served = with_key(client.get(format!("{base}/v1/events?limit=1")), "read")
             .send()
             .await
             .unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::{base_url, encode};
+use crate::{base_url, encode, with_key};
 
 fn event(source: &str, id: &str, kind: &str) -> Value {
     json!({"specversion": "1.0", "id": id, "source": source, "type": kind, "data": {"id": id}})
@@ -27,9 +27,7 @@ struct Client {
 
 impl Client {
     async fn post(&self, content_type: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> u16 {
-        let mut request = self
-            .http
-            .post(format!("{}/v1/events", self.base))
+        let mut request = with_key(self.http.post(format!("{}/v1/events", self.base)), "ingest")
             .header("content-type", content_type)
             .body(body);
         for (name, value) in headers {
@@ -41,9 +39,7 @@ impl Client {
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
+        let response = with_key(self.http.get(format!("{}{path}", self.base)), "read")
             .send()
             .await
             .unwrap();
