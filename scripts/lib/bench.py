@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""The benchmark driver behind scripts/bench (run that, not this).
+
+For each scenario: runs a k6 script against the target, samples RSS and CPU of every process of
+the stack (gateways, consumers, nginx, RabbitMQ, PostgreSQL, k6) twice a second, reconciles the
+run with scripts/reconcile, and collects HTTP latency and event rates. Writes
+bench/results/<date>.json and .md, the k6 HTML report of each scenario, and a latency-versus-rate
+SVG chart of the spike run.
+"""
+import argparse
+import csv
+import datetime
+import gzip
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+SCENARIOS = {
+    # name: (script, k6 env, events per request, target)
+    "batch": ("ingest-batch.js", {"RATE": "400", "BATCH": "100", "VUS": "200"}, 100,
+              "≥ 40 000 events/s, p99 < 50 ms, no errors"),
+    "single": ("ingest.js", {"RATE": "15000", "VUS": "1500"}, 1, "≥ 15 000 events/s, p99 < 20 ms"),
+    "mixed": ("mixed.js", {"RATE": "2000", "VUS": "400"}, 0.9, "90% ingest / 10% queries"),
+    "spike": ("spike.js", {"START": "500", "PEAK": "8000", "STEPS": "5", "VUS": "800"}, 1, "find the knee"),
+}
+
+
+def stack_groups(stack_dir, k6_pid):
+    """Process groups to watch: name -> list of pids (re-read every sample for new backends)."""
+    groups = {}
+    processes = pathlib.Path(stack_dir) / "processes"
+    if processes.exists():
+        for line in processes.read_text().split("\n"):
+            if line.strip():
+                name, pid, _ = line.split()
+                kind = name.split("-")[0]
+                groups.setdefault(kind, []).append(int(pid))
+                if kind == "nginx":
+                    groups["nginx"] += children(int(pid))
+    groups["rabbitmq"] = pgrep("beam.smp")
+    groups["postgres"] = pgrep("postgres")
+    if k6_pid:
+        groups["k6"] = [k6_pid]
+    return groups
+
+
+def pgrep(pattern):
+    result = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return [int(pid) for pid in result.stdout.split()]
+
+
+def children(pid):
+    result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(child) for child in result.stdout.split()]
+
+
+def read_proc(pid):
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        cpu = (int(fields[11]) + int(fields[12])) / TICK
+        rss = int(pathlib.Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+        return cpu, rss
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Sampler(threading.Thread):
+    """Peak RSS (summed over a group's processes) and CPU seconds used during the run."""
+
+    def __init__(self, stack_dir):
+        super().__init__(daemon=True)
+        self.stack_dir = stack_dir
+        self.k6_pid = None
+        self.stop = threading.Event()
+        self.first_cpu = {}
+        self.last_cpu = {}
+        self.peak_rss = {}
+
+    def run(self):
+        while not self.stop.is_set():
+            for group, pids in stack_groups(self.stack_dir, self.k6_pid).items():
+                total_rss = 0
+                for pid in pids:
+                    sample = read_proc(pid)
+                    if sample is None:
+                        continue
+                    cpu, rss = sample
+                    total_rss += rss
+                    key = (group, pid)
+                    self.first_cpu.setdefault(key, cpu if group != "k6" else 0.0)
+                    self.last_cpu[key] = cpu
+                self.peak_rss[group] = max(self.peak_rss.get(group, 0), total_rss)
+            time.sleep(0.5)
+
+    def report(self):
+        cpu = {}
+        for (group, pid), last in self.last_cpu.items():
+            cpu[group] = cpu.get(group, 0.0) + last - self.first_cpu[(group, pid)]
+        return {group: {"peak_rss_mib": round(self.peak_rss.get(group, 0) / 2**20, 1),
+                        "cpu_seconds": round(cpu.get(group, 0.0), 1)}
+                for group in sorted(set(self.peak_rss) | set(cpu))}
+
+
+def run_scenario(name, target, duration, stack_dir, out_dir, env_extra, db_url):
+    script, env, per_request, _ = SCENARIOS[name]
+    tag = f"bench-{name}-{int(time.time())}"
+    log = out_dir / f"{tag}.log"
+    summary = out_dir / f"{tag}-summary.json"
+    env = {**os.environ, **env, **env_extra, "BASE_URL": target, "RUN_TAG": tag,
+           "K6_WEB_DASHBOARD": "true", "K6_WEB_DASHBOARD_PORT": "-1",
+           "K6_WEB_DASHBOARD_EXPORT": str(out_dir / f"{name}-report.html")}
+    if name == "spike":
+        env["STAGE"] = f"{max(2, duration // 5)}s"
+    else:
+        env["DURATION"] = f"{duration}s"
+    command = ["k6", "run", "-q", "--no-color", f"--log-output=file={log}", "--log-format=raw",
+               "--summary-trend-stats=avg,med,p(95),p(99),max", f"--summary-export={summary}",
+               str(ROOT / "loadtest" / script)]
+    if name == "spike":
+        command[3:3] = [f"--out=csv={out_dir / 'spike.csv.gz'}"]
+    sampler = Sampler(stack_dir)
+    sampler.start()
+    started = time.time()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    sampler.k6_pid = process.pid
+    _, stderr = process.communicate()
+    elapsed = time.time() - started
+    time.sleep(3)  # let the consumers drain before sampling stops and reconciling starts
+    sampler.stop.set()
+    sampler.join()
+    metrics = json.loads(summary.read_text())["metrics"] if summary.exists() else {}
+
+    def metric(key, field, default=0):
+        return metrics.get(key, {}).get(field, default)
+
+    requests = metric("http_reqs", "count")
+    failed = metric("http_req_failed", "value", 0) * requests if "http_req_failed" in metrics else 0
+    duration_key = "http_req_duration{name:ingest}" if "http_req_duration{name:ingest}" in metrics else "http_req_duration"
+    result = {
+        "scenario": name, "run_tag": tag, "seconds": round(elapsed, 1),
+        "requests": requests, "failed_requests": round(failed),
+        "dropped_iterations": metric("dropped_iterations", "count"),
+        "http_ms": {k: round(metric(duration_key, k), 2) for k in ("med", "p(95)", "p(99)", "max")},
+        "processes": sampler.report(),
+        "k6_exit": process.returncode,
+    }
+    offered_rate = {"batch": 400 * 100, "single": 15000, "mixed": 2000 * 0.9}.get(name)
+    result["events_per_s_offered"] = offered_rate
+    if db_url:
+        reconcile = subprocess.run([str(ROOT / "scripts" / "reconcile"), tag, "--log", str(log), "--db", db_url, "--json", "--wait", "60"],
+                                   capture_output=True, text=True)
+        try:
+            reconciled = json.loads(reconcile.stdout)
+        except json.JSONDecodeError:
+            reconciled = {"error": (reconcile.stderr or reconcile.stdout).strip()[:300]}
+        result["reconcile"] = reconciled
+        if "accepted" in reconciled:
+            result["events_per_s_accepted"] = round(reconciled["accepted"] / max(elapsed, 1))
+            result["events_per_s_stored"] = round(reconciled["stored"] / max(elapsed, 1))
+    else:
+        accepted = sum(int(line.split()[-1]) for line in log.read_text(errors="replace").splitlines()
+                       if "ACCEPTED " in line) if log.exists() else 0
+        result["events_per_s_accepted"] = round(accepted / max(elapsed, 1))
+    if process.returncode not in (0, 99):  # 99: thresholds crossed, which the table shows anyway
+        result["k6_error"] = stderr.strip()[-400:]
+    return result
+
+
+def spike_chart(csv_path, svg_path):
+    """Latency p99 and p50 against the request rate, one point per second of the spike run."""
+    per_second = {}
+    with gzip.open(csv_path, "rt") as handle:
+        for row in csv.DictReader(handle):
+            if row.get("metric_name") != "http_req_duration":
+                continue
+            second = int(float(row["timestamp"]))
+            per_second.setdefault(second, []).append(float(row["metric_value"]))
+    points = []
+    for second in sorted(per_second)[1:-1]:
+        values = sorted(per_second[second])
+        points.append((len(values), values[len(values) // 2], values[min(len(values) - 1, int(len(values) * 0.99))]))
+    if not points:
+        return None
+    width, height, margin = 720, 400, 60
+    max_rate = max(p[0] for p in points) * 1.05
+    max_ms = max(p[2] for p in points) * 1.1
+    x = lambda rate: margin + (width - 2 * margin) * rate / max_rate
+    y = lambda ms: height - margin - (height - 2 * margin) * ms / max_ms
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+             f'<rect width="{width}" height="{height}" fill="white"/>',
+             f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14">Spike: latency versus request rate (one point per second)</text>',
+             f'<line x1="{margin}" y1="{height - margin}" x2="{width - margin}" y2="{height - margin}" stroke="black"/>',
+             f'<line x1="{margin}" y1="{margin}" x2="{margin}" y2="{height - margin}" stroke="black"/>',
+             f'<text x="{width / 2}" y="{height - 20}" text-anchor="middle">requests per second answered</text>',
+             f'<text x="15" y="{height / 2}" transform="rotate(-90 15 {height / 2})" text-anchor="middle">latency (ms)</text>']
+    for tick in range(6):
+        rate, ms = max_rate * tick / 5, max_ms * tick / 5
+        parts.append(f'<text x="{x(rate)}" y="{height - margin + 15}" text-anchor="middle">{rate:.0f}</text>')
+        parts.append(f'<text x="{margin - 5}" y="{y(ms) + 4}" text-anchor="end">{ms:.0f}</text>')
+    for index, color, label in ((2, "crimson", "p99"), (1, "steelblue", "p50")):
+        for rate, *latencies in points:
+            parts.append(f'<circle cx="{x(rate):.1f}" cy="{y(latencies[index - 1]):.1f}" r="3" fill="{color}"/>')
+        parts.append(f'<text x="{width - margin - 40}" y="{margin + 15 * index}" fill="{color}">● {label}</text>')
+    parts.append("</svg>")
+    svg_path.write_text("\n".join(parts))
+    return svg_path
+
+
+def markdown(results, peer_results, machine, date):
+    lines = [f"# Warren benchmark, {date}", "", f"Machine: {machine}", "",
+             "Every process (gateways, consumers, nginx, RabbitMQ, PostgreSQL and the k6 load generator) shares this machine.",
+             "Figures from k6 (HTTP) and scripts/reconcile (events, lag).", "",
+             "| scenario | target | events/s offered | events/s accepted | events/s stored | HTTP p50 / p95 / p99 (ms) | lag p50 / p99 (ms) | failed requests | dropped iterations | missing | duplicates |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for result in results:
+        reconcile = result.get("reconcile", {})
+        lag = reconcile.get("lag_ms", {})
+        http = result["http_ms"]
+        lines.append(
+            f"| {result['scenario']} | {SCENARIOS[result['scenario']][3]} | {result.get('events_per_s_offered') or 'ramp'} | "
+            f"{result.get('events_per_s_accepted', '?')} | {result.get('events_per_s_stored', '?')} | "
+            f"{http['med']} / {http['p(95)']} / {http['p(99)']} | {lag.get('p50')} / {lag.get('p99')} | "
+            f"{result['failed_requests']} | {result['dropped_iterations']} | {reconcile.get('missing', '?')} | {reconcile.get('duplicates', '?')} |")
+    lines += ["", "Peak RSS (MiB) and CPU seconds per process group, per scenario:", "",
+              "| scenario | " + " | ".join(["gateway", "consumer", "nginx", "rabbitmq", "postgres", "k6"]) + " |",
+              "|---|" + "---|" * 6]
+    for result in results:
+        cells = []
+        for group in ["gateway", "consumer", "nginx", "rabbitmq", "postgres", "k6"]:
+            process = result["processes"].get(group, {})
+            cells.append(f"{process.get('peak_rss_mib', '-')} MiB / {process.get('cpu_seconds', '-')} s")
+        lines.append(f"| {result['scenario']} | " + " | ".join(cells) + " |")
+    if peer_results:
+        lines += ["", "Side by side with the peer (same scenarios, same machine):", "",
+                  "| scenario | Warren events/s accepted | peer events/s accepted | ratio | Warren p99 ms | peer p99 ms |",
+                  "|---|---|---|---|---|---|"]
+        for mine, theirs in zip(results, peer_results):
+            ours, other = mine.get("events_per_s_accepted", 0), theirs.get("events_per_s_accepted", 0)
+            ratio = f"{ours / other:.2f}×" if other else "n/a"
+            lines.append(f"| {mine['scenario']} | {ours} | {other} | {ratio} | {mine['http_ms']['p(99)']} | {theirs['http_ms']['p(99)']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--peer")
+    parser.add_argument("--stack-dir", required=True)
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--duration", type=int, default=30)
+    parser.add_argument("--scenarios", default="batch,single,mixed,spike")
+    args = parser.parse_args()
+    if not 5 <= args.duration <= 60:
+        sys.exit("--duration is 5 to 60 seconds")
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
+    out_dir = ROOT / "bench" / "results" / date
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keys = {k: v for k, v in os.environ.items() if k in ("WARREN_INGEST_KEY", "WARREN_READ_KEY")}
+    names = [name for name in args.scenarios.split(",") if name]
+    results = []
+    for name in names:
+        print(f"[bench] {name} against {args.target}", file=sys.stderr)
+        results.append(run_scenario(name, args.target, args.duration, args.stack_dir, out_dir, keys, args.db))
+        print(json.dumps(results[-1]), file=sys.stderr)
+    peer_results = []
+    if args.peer:
+        for name in names:
+            print(f"[bench] {name} against the peer {args.peer}", file=sys.stderr)
+            peer_results.append(run_scenario(name, args.peer, args.duration, "/nonexistent", out_dir, {}, None))
+    chart = None
+    if (out_dir / "spike.csv.gz").exists():
+        chart = spike_chart(out_dir / "spike.csv.gz", out_dir / "spike-latency-vs-rate.svg")
+        (out_dir / "spike.csv.gz").unlink()
+    for log in out_dir.glob("*.log"):
+        log.unlink()
+    for summary in out_dir.glob("*-summary.json"):
+        summary.unlink()
+    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
+    machine = f"{os.cpu_count()} cores ({cpu}), {round(os.sysconf('SC_PHYS_PAGES') * PAGE / 2**30)} GiB, {platform.system()} {platform.release()}"
+    report = {"date": date, "machine": machine, "duration_s": args.duration, "results": results,
+              "peer": args.peer, "peer_results": peer_results,
+              "chart": str(chart.relative_to(ROOT)) if chart else None}
+    (ROOT / "bench" / "results" / f"{date}.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(results, peer_results, machine, date)
+    if chart:
+        text += f"\n![latency versus rate]({date}/{chart.name})\n\nk6 HTML reports: `{date}/<scenario>-report.html`.\n"
+    (ROOT / "bench" / "results" / f"{date}.md").write_text(text)
+    print(text)
+    print(f"written: bench/results/{date}.md and .json", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
