@@ -97,19 +97,7 @@ impl ConsumerConfig {
                 5_000,
                 100..=300_000,
             )?,
-            server: ServerSettings {
-                header_read_timeout: settings.millis(
-                    "WARREN_HEADER_TIMEOUT_MS",
-                    10_000,
-                    100..=600_000,
-                )?,
-                max_header_bytes: settings.bounded(
-                    "WARREN_MAX_HEADER_BYTES",
-                    16 * 1024,
-                    8192..=1024 * 1024,
-                )?,
-                shutdown_grace: settings.millis("WARREN_SHUTDOWN_GRACE_MS", 25_000, 0..=600_000)?,
-            },
+            server: ServerSettings::from_settings(settings)?,
             write_delay: settings.millis("WARREN_TEST_WRITE_DELAY_MS", 0, 0..=60_000)?,
             auth: Auth::from_settings(settings)?,
             read_limit: RateLimiter::limit_from_settings(settings, "WARREN_READ", 1)?,
@@ -134,17 +122,12 @@ mod tests {
     use super::*;
 
     fn config(pairs: &[(&str, &str)]) -> Result<ConsumerConfig, ConfigError> {
-        let pairs: Vec<(String, String)> = [("WARREN_AUTH", "off")]
+        let pairs: Vec<(&str, &str)> = pairs
             .iter()
-            .chain(pairs)
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .copied()
+            .chain([("WARREN_AUTH", "off")])
             .collect();
-        ConsumerConfig::from_settings(&Settings::from_lookup(move |name| {
-            pairs
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        }))
+        ConsumerConfig::from_settings(&Settings::from_pairs(&pairs))
     }
 
     #[test]

@@ -39,6 +39,21 @@ pub struct DeadLetterReport {
     pub reasons: BTreeMap<String, usize>,
 }
 
+/// Messages ready in `queue` now.
+async fn message_count(channel: &lapin::Channel, queue: &str) -> Result<u32, lapin::Error> {
+    Ok(channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?
+        .message_count())
+}
+
 /// Peeks at up to `max` dead letters without removing them (they are returned to the queue).
 pub async fn list(
     connection: &Connection,
@@ -47,17 +62,7 @@ pub async fn list(
 ) -> Result<DeadLetterReport, lapin::Error> {
     let channel = connection.create_channel().await?;
     let queue = topology.dead_letter_queue();
-    let total = channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?
-        .message_count();
+    let total = message_count(&channel, &queue).await?;
     let mut shown = Vec::new();
     let mut last_tag = None;
     while shown.len() < max {
@@ -129,17 +134,7 @@ pub async fn replay(
         .await?;
     let queue = topology.dead_letter_queue();
     let exchange = topology.exchange();
-    let present = channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?
-        .message_count();
+    let present = message_count(&channel, &queue).await?;
     let limit = limit.min(usize::try_from(present).unwrap_or(usize::MAX));
     let mut replayed = 0;
     while replayed < limit {

@@ -250,13 +250,7 @@ async fn dispatch(
             metrics::gauge!("warren_consumer_db_pool_connections_in_use", "pool" => "read").set(
                 state.read_pool.status().size as f64 - state.read_pool.status().available as f64,
             );
-            let mut response =
-                Response::new(Full::new(Bytes::from(shared_types::metrics::render())));
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            Ok(response)
+            Ok(shared_types::metrics::response())
         }
         "/v1/openapi.json" => {
             let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));

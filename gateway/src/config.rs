@@ -46,19 +46,7 @@ impl GatewayConfig {
         Ok(Self {
             addr: settings.parse("WARREN_GATEWAY_ADDR", ([127, 0, 0, 1], 8081).into())?,
             broker,
-            server: ServerSettings {
-                header_read_timeout: settings.millis(
-                    "WARREN_HEADER_TIMEOUT_MS",
-                    10_000,
-                    100..=600_000,
-                )?,
-                max_header_bytes: settings.bounded(
-                    "WARREN_MAX_HEADER_BYTES",
-                    16 * 1024,
-                    8192..=1024 * 1024,
-                )?,
-                shutdown_grace: settings.millis("WARREN_SHUTDOWN_GRACE_MS", 25_000, 0..=600_000)?,
-            },
+            server: ServerSettings::from_settings(settings)?,
             body_timeout: settings.millis("WARREN_BODY_TIMEOUT_MS", 30_000, 100..=600_000)?,
             retry_after_secs: settings.bounded("WARREN_RETRY_AFTER_SECS", 1, 1..=3600)?,
             auth: Auth::from_settings(settings)?,
@@ -135,17 +123,12 @@ mod tests {
     use super::*;
 
     fn config(pairs: &[(&str, &str)]) -> Result<GatewayConfig, ConfigError> {
-        let pairs: Vec<(String, String)> = [("WARREN_AUTH", "off")]
+        let pairs: Vec<(&str, &str)> = pairs
             .iter()
-            .chain(pairs)
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .copied()
+            .chain([("WARREN_AUTH", "off")])
             .collect();
-        GatewayConfig::from_settings(&Settings::from_lookup(move |name| {
-            pairs
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        }))
+        GatewayConfig::from_settings(&Settings::from_pairs(&pairs))
     }
 
     #[test]

@@ -242,13 +242,8 @@ mod tests {
     use super::*;
 
     fn auth(pairs: &[(&str, String)]) -> Result<Auth, ConfigError> {
-        let pairs = pairs.to_vec();
-        Auth::from_settings(&Settings::from_lookup(move |name| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.clone())
-        }))
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Auth::from_settings(&Settings::from_pairs(&pairs))
     }
 
     #[test]

@@ -42,6 +42,20 @@ impl<'a> Settings<'a> {
         }
     }
 
+    /// Reads from fixed name/value pairs (tests, tools); the first pair with a name wins.
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Settings<'static> {
+        let owned: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        Settings::from_lookup(move |name| {
+            owned
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+        })
+    }
+
     /// The raw value, if set and not blank.
     pub fn raw(&self, name: &str) -> Option<String> {
         (self.lookup)(name).filter(|value| !value.trim().is_empty())
@@ -140,13 +154,8 @@ pub fn redact_url(url: &str) -> String {
 mod tests {
     use super::*;
 
-    fn settings(pairs: &'static [(&'static str, &'static str)]) -> Settings<'static> {
-        Settings::from_lookup(|name| {
-            pairs
-                .iter()
-                .find(|(key, _)| *key == name)
-                .map(|(_, value)| (*value).to_owned())
-        })
+    fn settings(pairs: &[(&str, &str)]) -> Settings<'static> {
+        Settings::from_pairs(pairs)
     }
 
     #[test]

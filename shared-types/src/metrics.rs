@@ -57,3 +57,13 @@ pub fn install() -> Option<PrometheusHandle> {
 pub fn render() -> String {
     install().map(|handle| handle.render()).unwrap_or_default()
 }
+
+/// The `GET /metrics` answer both services give.
+pub fn response() -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(render())));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+}

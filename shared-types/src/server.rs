@@ -28,6 +28,25 @@ pub struct ServerSettings {
 }
 
 impl ServerSettings {
+    /// `WARREN_HEADER_TIMEOUT_MS`, `WARREN_MAX_HEADER_BYTES` and `WARREN_SHUTDOWN_GRACE_MS`.
+    pub fn from_settings(
+        settings: &crate::config::Settings<'_>,
+    ) -> Result<Self, crate::config::ConfigError> {
+        Ok(Self {
+            header_read_timeout: settings.millis(
+                "WARREN_HEADER_TIMEOUT_MS",
+                10_000,
+                100..=600_000,
+            )?,
+            max_header_bytes: settings.bounded(
+                "WARREN_MAX_HEADER_BYTES",
+                16 * 1024,
+                8192..=1024 * 1024,
+            )?,
+            shutdown_grace: settings.millis("WARREN_SHUTDOWN_GRACE_MS", 25_000, 0..=600_000)?,
+        })
+    }
+
     /// Where hyper stops reading a request head. Above `max_header_bytes` so that the handler
     /// can answer an oversized head with the JSON error shape instead of a bare status.
     pub fn hard_header_limit(&self) -> usize {

@@ -140,7 +140,7 @@ async fn route<P: EventPublisher>(
         "/v1/events" => ingest(state, request, request_id).await,
         "/healthz" => Ok((http_json::json(StatusCode::OK, &json!({"status": "ok"})), 0)),
         "/readyz" => Ok((readiness(state), 0)),
-        "/metrics" => Ok((metrics_text(), 0)),
+        "/metrics" => Ok((shared_types::metrics::response(), 0)),
         "/v1/openapi.json" => Ok((openapi(), 0)),
         _ => Err(ApiError::NotFound),
     };
@@ -162,15 +162,6 @@ fn readiness<P: EventPublisher>(state: &AppState<P>) -> Response<Full<Bytes>> {
             "checks": {"broker": broker, "draining": draining},
         }),
     )
-}
-
-fn metrics_text() -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(shared_types::metrics::render())));
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    response
 }
 
 fn openapi() -> Response<Full<Bytes>> {

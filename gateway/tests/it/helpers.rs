@@ -19,15 +19,12 @@ pub struct TestGateway {
 
 /// A config from `env`, with auth off unless `env` says otherwise.
 pub fn config(env: &[(&str, &str)]) -> GatewayConfig {
-    let env: Vec<(String, String)> = env
+    let env: Vec<(&str, &str)> = env
         .iter()
-        .chain(&[("WARREN_AUTH", "off")])
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .copied()
+        .chain([("WARREN_AUTH", "off")])
         .collect();
-    GatewayConfig::from_settings(&Settings::from_lookup(move |name| {
-        env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-    }))
-    .unwrap()
+    GatewayConfig::from_settings(&Settings::from_pairs(&env)).unwrap()
 }
 
 pub async fn spawn_gateway(env: &[(&str, &str)]) -> TestGateway {
