@@ -101,13 +101,7 @@ async fn event_the_database_refuses_is_dead_lettered_alone() {
     let mut batch: Vec<Value> = (0..3).map(|_| event("order.placed")).collect();
     batch[1]["id"] = "poison".into();
 
-    let response = app
-        .post(
-            "application/cloudevents-batch+json",
-            Value::Array(batch).to_string(),
-            &[],
-        )
-        .await;
+    let response = app.post_batch(batch).await;
 
     assert_eq!(response.status(), 202);
     app.wait_for_rows(2).await;

@@ -188,6 +188,16 @@ impl TestApp {
         request.send().await.unwrap()
     }
 
+    /// POSTs `events` as one batch (`application/cloudevents-batch+json`).
+    pub async fn post_batch(&self, events: Vec<Value>) -> reqwest::Response {
+        self.post(
+            "application/cloudevents-batch+json",
+            Value::Array(events).to_string(),
+            &[],
+        )
+        .await
+    }
+
     pub async fn post_event(&self, event: &Value) -> reqwest::Response {
         self.post("application/cloudevents+json", event.to_string(), &[])
             .await

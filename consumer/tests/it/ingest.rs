@@ -106,13 +106,7 @@ async fn batch_of_500_events_is_stored() {
         })
         .collect();
 
-    let response = app
-        .post(
-            "application/cloudevents-batch+json",
-            Value::Array(batch).to_string(),
-            &[],
-        )
-        .await;
+    let response = app.post_batch(batch).await;
 
     assert_eq!(response.status(), 202);
     assert_eq!(
@@ -166,13 +160,7 @@ async fn batch_with_one_invalid_event_is_refused_whole() {
     let mut batch: Vec<Value> = (0..3).map(|_| event("page.viewed")).collect();
     batch[1]["specversion"] = json!("0.3");
 
-    let response = app
-        .post(
-            "application/cloudevents-batch+json",
-            Value::Array(batch).to_string(),
-            &[],
-        )
-        .await;
+    let response = app.post_batch(batch).await;
 
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();

@@ -26,13 +26,7 @@ async fn database_outage_holds_deliveries_and_loses_nothing() {
     .await;
 
     let batch: Vec<Value> = (0..20).map(|_| event("during.outage")).collect();
-    let response = app
-        .post(
-            "application/cloudevents-batch+json",
-            Value::Array(batch).to_string(),
-            &[],
-        )
-        .await;
+    let response = app.post_batch(batch).await;
     assert_eq!(response.status(), 202);
     // Long enough for several failed write attempts and backoffs.
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -61,13 +61,7 @@ async fn app_with_events() -> TestApp {
             json!({"specversion": "1.0", "id": id, "source": source, "type": kind, "subject": subject, "time": time})
         })
         .collect();
-    let response = app
-        .post(
-            "application/cloudevents-batch+json",
-            Value::Array(batch).to_string(),
-            &[],
-        )
-        .await;
+    let response = app.post_batch(batch).await;
     assert_eq!(response.status(), 202);
     app.wait_for_rows(7).await;
     app
