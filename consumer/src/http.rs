@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::Utc;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, ALLOW, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -252,13 +252,7 @@ async fn dispatch(
             );
             Ok(shared_types::metrics::response())
         }
-        "/v1/openapi.json" => {
-            let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            Ok(response)
-        }
+        "/v1/openapi.json" => Ok(http_json::static_json(OPENAPI)),
         "/v1/events" => {
             let query = params::list_query(query)?;
             let page = query::list_events(&mut *connection(state).await?, &query).await?;
@@ -296,16 +290,8 @@ async fn connection(
 async fn readiness(state: &AppState) -> Response<Full<Bytes>> {
     let broker = state.worker.consuming.load(Ordering::Acquire);
     let database = database_answers(&state.read_pool).await;
-    let status = if broker && database {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    http_json::json(
-        status,
-        &json!({
-            "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
-            "checks": {"broker": broker, "database": database},
-        }),
+    http_json::readiness(
+        broker && database,
+        json!({"broker": broker, "database": database}),
     )
 }

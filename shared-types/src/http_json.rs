@@ -55,6 +55,32 @@ pub fn error<D: Serialize>(
     )
 }
 
+/// A JSON document known at compile time (the OpenAPI document), served as is.
+pub fn static_json(document: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(document.as_bytes())));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The `/readyz` answer: 200 `ready` when every check holds, else 503 `not_ready`, with the
+/// checks listed so an operator sees which one failed.
+pub fn readiness(ready: bool, checks: serde_json::Value) -> Response<Full<Bytes>> {
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(
+        status,
+        &serde_json::json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "checks": checks,
+        }),
+    )
+}
+
 /// An error response without details.
 pub fn simple_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
     error(status, code, message, [(); 0])

@@ -141,7 +141,7 @@ async fn route<P: EventPublisher>(
         "/healthz" => Ok((http_json::json(StatusCode::OK, &json!({"status": "ok"})), 0)),
         "/readyz" => Ok((readiness(state), 0)),
         "/metrics" => Ok((shared_types::metrics::response(), 0)),
-        "/v1/openapi.json" => Ok((openapi(), 0)),
+        "/v1/openapi.json" => Ok((http_json::static_json(OPENAPI), 0)),
         _ => Err(ApiError::NotFound),
     };
     (route, outcome)
@@ -150,27 +150,10 @@ async fn route<P: EventPublisher>(
 fn readiness<P: EventPublisher>(state: &AppState<P>) -> Response<Full<Bytes>> {
     let draining = state.draining.load(Ordering::Acquire);
     let broker = state.publisher.is_ready();
-    let status = if broker && !draining {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    http_json::json(
-        status,
-        &json!({
-            "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
-            "checks": {"broker": broker, "draining": draining},
-        }),
+    http_json::readiness(
+        broker && !draining,
+        json!({"broker": broker, "draining": draining}),
     )
-}
-
-fn openapi() -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
 }
 
 async fn ingest<P: EventPublisher>(
