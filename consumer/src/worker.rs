@@ -16,6 +16,7 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::{FieldTable, LongString};
 use lapin::{Connection, ConnectionProperties};
 use shared_types::backoff::backoff;
+use shared_types::envelope::Message;
 use shared_types::Envelope;
 use tokio_util::sync::CancellationToken;
 
@@ -137,12 +138,12 @@ async fn session(
                     None => return Err(SessionError::SubscriptionEnded),
                 };
                 metrics::counter!("warren_consumer_deliveries_total").increment(1);
-                match Envelope::decode(&delivery.data) {
-                    Ok(envelope) => {
+                match Message::decode(&delivery.data) {
+                    Ok(message) => {
                         batch.push(Pending {
                             acker: delivery.acker,
                             delivery_tag: delivery.delivery_tag,
-                            envelope,
+                            message,
                             routing_key: delivery.routing_key.to_string(),
                             properties: delivery.properties,
                         });
@@ -200,7 +201,7 @@ async fn flush(
     let started = tokio::time::Instant::now();
     let mut failures = 0u32;
     loop {
-        let envelopes: Vec<&Envelope> = items.iter().map(|p| &p.envelope).collect();
+        let envelopes: Vec<&Envelope> = items.iter().flat_map(|p| &p.message.parts).collect();
         match write(pool, &envelopes).await {
             Ok(inserted) => {
                 let write_seconds = started.elapsed().as_secs_f64();
@@ -210,7 +211,8 @@ async fn flush(
                 record_batch(pool, &items, events, inserted, write_seconds);
                 let request_ids: Vec<&str> = items
                     .iter()
-                    .map(|p| p.envelope.request_id.as_str())
+                    .flat_map(|p| &p.message.parts)
+                    .map(|part| part.request_id.as_str())
                     .take(LOGGED_REQUEST_IDS)
                     .collect();
                 tracing::info!(
@@ -254,10 +256,8 @@ fn record_batch(pool: &PgPool, items: &[Pending], events: usize, inserted: usize
     metrics::gauge!("warren_consumer_db_pool_connections_in_use", "pool" => "write")
         .set(status.size as f64 - status.available as f64);
     let now = chrono::Utc::now();
-    for pending in items {
-        let lag = (now - pending.envelope.received_at)
-            .num_microseconds()
-            .unwrap_or(0);
+    for part in items.iter().flat_map(|p| &p.message.parts) {
+        let lag = (now - part.received_at).num_microseconds().unwrap_or(0);
         metrics::histogram!("warren_consumer_end_to_end_lag_seconds").record(lag as f64 / 1e6);
     }
 }
@@ -271,7 +271,8 @@ async fn isolate(
     items: Vec<Pending>,
 ) -> Result<(), SessionError> {
     for pending in items {
-        if write(pool, &[&pending.envelope]).await.is_ok() {
+        let parts: Vec<&Envelope> = pending.message.parts.iter().collect();
+        if write(pool, &parts).await.is_ok() {
             pending.acker.ack(BasicAckOptions::default()).await?;
             metrics::counter!("warren_consumer_acks_total").increment(1);
             continue;
@@ -280,41 +281,49 @@ async fn isolate(
             // Leave this and the rest unacknowledged: the broker redelivers them.
             return Err(SessionError::DatabaseLost);
         }
-        let envelope = &pending.envelope;
-        let mut refused = Vec::new();
+        let mut refused_parts = Vec::new();
         let mut reason = String::new();
-        for event in &envelope.events {
-            let single = Envelope::new(
-                envelope.request_id.clone(),
-                envelope.received_at,
-                vec![event.clone()],
-            );
-            if let Err(error) = write(pool, &[&single]).await {
-                if !database_answers(pool).await {
-                    return Err(SessionError::DatabaseLost);
+        for part in &pending.message.parts {
+            let mut refused = Vec::new();
+            for event in &part.events {
+                let single = Envelope::new(
+                    part.request_id.clone(),
+                    part.received_at,
+                    vec![event.clone()],
+                );
+                if let Err(error) = write(pool, &[&single]).await {
+                    if !database_answers(pool).await {
+                        return Err(SessionError::DatabaseLost);
+                    }
+                    if reason.is_empty() {
+                        reason = format!("database refused the event: {error}");
+                    }
+                    refused.push(event.clone());
                 }
-                if reason.is_empty() {
-                    reason = format!("database refused the event: {error}");
-                }
-                refused.push(event.clone());
+            }
+            if !refused.is_empty() {
+                tracing::error!(
+                    request_id = %part.request_id,
+                    refused = refused.len(),
+                    stored = part.events.len() - refused.len(),
+                    %reason,
+                    "dead-lettering events the database refuses"
+                );
+                refused_parts.push(Envelope::new(
+                    part.request_id.clone(),
+                    part.received_at,
+                    refused,
+                ));
             }
         }
-        if !refused.is_empty() {
-            tracing::error!(
-                request_id = %envelope.request_id,
-                refused = refused.len(),
-                stored = envelope.events.len() - refused.len(),
-                %reason,
-                "dead-lettering events the database refuses"
-            );
-            let dead = Envelope::new(envelope.request_id.clone(), envelope.received_at, refused);
+        if !refused_parts.is_empty() {
+            let dead = Message::new(refused_parts);
+            let properties = pending
+                .properties
+                .clone()
+                .with_content_type(dead.content_type().into());
             dead_letters
-                .publish(
-                    &pending.routing_key,
-                    &dead.encode(),
-                    &pending.properties,
-                    &reason,
-                )
+                .publish(&pending.routing_key, &dead.encode(), &properties, &reason)
                 .await?;
         }
         pending.acker.ack(BasicAckOptions::default()).await?;

@@ -10,6 +10,7 @@ use shared_types::server::ServerSettings;
 use shared_types::topology::{QueueLimits, Topology};
 use shared_types::Limits;
 
+use crate::coalesce::CoalesceSettings;
 use crate::publish::BrokerSettings;
 
 /// Everything the gateway needs to run.
@@ -31,6 +32,8 @@ pub struct GatewayConfig {
     pub auth: Auth,
     /// Per-key events per second (`WARREN_INGEST_RATE_LIMIT`, `WARREN_INGEST_RATE_BURST`).
     pub ingest_limit: Option<Limit>,
+    /// Sharing one message among concurrent single-event requests.
+    pub coalesce: CoalesceSettings,
 }
 
 impl GatewayConfig {
@@ -55,6 +58,18 @@ impl GatewayConfig {
                 "WARREN_INGEST",
                 limits.max_batch_events,
             )?,
+            coalesce: CoalesceSettings {
+                linger: Duration::from_micros(settings.bounded(
+                    "WARREN_COALESCE_LINGER_US",
+                    1_000,
+                    0..=2_000,
+                )?),
+                max_events: settings.bounded(
+                    "WARREN_COALESCE_MAX_EVENTS",
+                    100.min(limits.max_batch_events),
+                    1..=limits.max_batch_events,
+                )?,
+            },
             limits,
         })
     }

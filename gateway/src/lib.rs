@@ -5,6 +5,7 @@
 //! HTTP stack with any [`publish::EventPublisher`].
 #![forbid(unsafe_code)]
 
+pub mod coalesce;
 pub mod config;
 pub mod decode;
 pub mod http;
@@ -55,6 +56,7 @@ pub async fn serve_with<P: EventPublisher>(
     }
     let state = Arc::new(AppState {
         limiter: shared_types::rate_limit::RateLimiter::new(config.ingest_limit),
+        coalescer: coalesce::Coalescer::new(publisher.clone(), config.coalesce),
         publisher,
         config,
         draining: AtomicBool::new(false),

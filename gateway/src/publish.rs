@@ -17,7 +17,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use shared_types::backoff::backoff;
-use shared_types::envelope::{CONTENT_TYPE, REQUEST_ID_HEADER};
+use shared_types::envelope::REQUEST_ID_HEADER;
 use shared_types::topology::{QueueLimits, Topology};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,8 @@ pub struct OutgoingMessage {
     pub routing_key: String,
     /// The encoded envelope.
     pub body: Vec<u8>,
+    /// The envelope version's media type.
+    pub content_type: &'static str,
     /// Unique per message, for broker-side tracing.
     pub message_id: String,
     /// The request the events came in with.
@@ -62,7 +64,7 @@ pub enum PublishError {
 }
 
 /// Publishes groups of events durably: `Ok` only when the broker confirmed every message.
-pub trait EventPublisher: Send + Sync + 'static {
+pub trait EventPublisher: Clone + Send + Sync + 'static {
     /// Publishes all `messages`, pipelined, and waits for every confirm.
     fn publish(
         &self,
@@ -177,7 +179,7 @@ impl EventPublisher for BrokerPublisher {
             );
             let properties = BasicProperties::default()
                 .with_delivery_mode(2)
-                .with_content_type(CONTENT_TYPE.into())
+                .with_content_type(message.content_type.into())
                 .with_message_id(message.message_id.as_str().into())
                 .with_timestamp(timestamp)
                 .with_app_id("warren-gateway".into())

@@ -2,6 +2,11 @@
 //!
 //! The envelope is versioned (`"v"`) so a consumer can refuse a format it does not understand
 //! instead of storing garbage; `tests/fixtures/envelope_v1.json` pins version 1 byte for byte.
+//!
+//! Version 1 carries the events of one request. Version 2 ([`Message`]) carries several requests'
+//! events, each part with its own request id and receive time: the gateway writes it only when it
+//! coalesced concurrent single-event requests, and writes version 1 otherwise, so consumers that
+//! read only version 1 keep working for batch traffic during a rolling upgrade.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -13,6 +18,12 @@ pub const ENVELOPE_VERSION: u32 = 1;
 
 /// AMQP `content_type` of an encoded envelope.
 pub const CONTENT_TYPE: &str = "application/vnd.warren.envelope.v1+json";
+
+/// The format of a message that carries coalesced requests.
+pub const COALESCED_VERSION: u32 = 2;
+
+/// AMQP `content_type` of a coalesced message.
+pub const COALESCED_CONTENT_TYPE: &str = "application/vnd.warren.envelope.v2+json";
 
 /// AMQP header carrying the gateway's request id, so logs can follow one request end to end.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -43,6 +54,9 @@ pub enum EnvelopeError {
     /// An envelope must carry at least one event.
     #[error("the envelope carries no events")]
     Empty,
+    /// The fields present do not match the version (e.g. `parts` in a version 1 envelope).
+    #[error("malformed envelope: {0}")]
+    Shape(&'static str),
 }
 
 impl Envelope {
@@ -62,29 +76,171 @@ impl Envelope {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Reads a message body, checking the version and every event.
+    /// Reads a version 1 message body, checking every event.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        match Message::decode(bytes)? {
+            Message {
+                parts,
+                version: ENVELOPE_VERSION,
+            } => parts.into_iter().next().ok_or(EnvelopeError::Empty),
+            Message { version, .. } => Err(EnvelopeError::UnsupportedVersion(version)),
+        }
+    }
+}
+
+/// The body of one AMQP message: one part per request whose events it carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// The format it was read in or will be written in: 1 for one part, 2 for more.
+    pub version: u32,
+    /// Each request's events, with the request's id and receive time.
+    pub parts: Vec<Envelope>,
+}
+
+/// What goes on the wire; one struct for both versions so a body is parsed once.
+#[derive(Serialize, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    bound(serialize = "E: Serialize", deserialize = "E: Deserialize<'de>")
+)]
+struct Wire<E> {
+    v: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    received_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    events: Option<Vec<Event>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parts: Option<Vec<E>>,
+}
+
+/// One request inside a version 2 message.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Part {
+    request_id: String,
+    received_at: DateTime<Utc>,
+    events: Vec<Event>,
+}
+
+/// Borrowed form of [`Part`], so encoding does not clone events.
+#[derive(Serialize)]
+struct PartRef<'a> {
+    request_id: &'a str,
+    received_at: DateTime<Utc>,
+    events: &'a [Event],
+}
+
+impl Message {
+    /// A message for `parts`: version 1 when there is one, version 2 when there are more.
+    pub fn new(parts: Vec<Envelope>) -> Self {
+        let version = if parts.len() == 1 {
+            ENVELOPE_VERSION
+        } else {
+            COALESCED_VERSION
+        };
+        Self { version, parts }
+    }
+
+    /// The AMQP `content_type` for this message's version.
+    pub fn content_type(&self) -> &'static str {
+        if self.version == COALESCED_VERSION {
+            COALESCED_CONTENT_TYPE
+        } else {
+            CONTENT_TYPE
+        }
+    }
+
+    /// The message body.
+    pub fn encode(&self) -> Vec<u8> {
+        match (self.version, self.parts.as_slice()) {
+            (ENVELOPE_VERSION, [only]) => only.encode(),
+            _ => {
+                let wire: Wire<PartRef<'_>> = Wire {
+                    v: COALESCED_VERSION,
+                    request_id: None,
+                    received_at: None,
+                    events: None,
+                    parts: Some(
+                        self.parts
+                            .iter()
+                            .map(|part| PartRef {
+                                request_id: &part.request_id,
+                                received_at: part.received_at,
+                                events: &part.events,
+                            })
+                            .collect(),
+                    ),
+                };
+                // Serializing owned strings, numbers and JSON values into memory cannot fail.
+                serde_json::to_vec(&wire).unwrap_or_default()
+            }
+        }
+    }
+
+    /// Reads a body of either version, checking the version's shape and every event.
+    pub fn decode(bytes: &[u8]) -> Result<Message, EnvelopeError> {
         #[derive(Deserialize)]
         struct VersionOnly {
             v: u32,
         }
-        let envelope = match serde_json::from_slice::<Envelope>(bytes) {
-            Ok(envelope) => envelope,
+        let wire = match serde_json::from_slice::<Wire<Part>>(bytes) {
+            Ok(wire) => wire,
             Err(error) => {
                 return Err(match serde_json::from_slice::<VersionOnly>(bytes) {
-                    Ok(VersionOnly { v }) if v != ENVELOPE_VERSION => {
+                    Ok(VersionOnly { v }) if v != ENVELOPE_VERSION && v != COALESCED_VERSION => {
                         EnvelopeError::UnsupportedVersion(v)
                     }
                     _ => EnvelopeError::Malformed(error),
                 })
             }
         };
-        if envelope.v != ENVELOPE_VERSION {
-            return Err(EnvelopeError::UnsupportedVersion(envelope.v));
-        }
-        if envelope.events.is_empty() {
+        let version = wire.v;
+        let parts = match wire {
+            Wire {
+                v: ENVELOPE_VERSION,
+                request_id: Some(request_id),
+                received_at: Some(received_at),
+                events: Some(events),
+                parts: None,
+            } => vec![Envelope::new(request_id, received_at, events)],
+            Wire {
+                v: ENVELOPE_VERSION,
+                ..
+            } => {
+                return Err(EnvelopeError::Shape(
+                    "version 1 needs request_id, received_at and events, and no parts",
+                ))
+            }
+            Wire {
+                v: COALESCED_VERSION,
+                request_id: None,
+                received_at: None,
+                events: None,
+                parts: Some(parts),
+            } => parts
+                .into_iter()
+                .map(|part| Envelope::new(part.request_id, part.received_at, part.events))
+                .collect(),
+            Wire {
+                v: COALESCED_VERSION,
+                ..
+            } => {
+                return Err(EnvelopeError::Shape(
+                    "version 2 needs parts, and no top-level request_id, received_at or events",
+                ))
+            }
+            Wire { v, .. } => return Err(EnvelopeError::UnsupportedVersion(v)),
+        };
+        if parts.is_empty() || parts.iter().any(|part| part.events.is_empty()) {
             return Err(EnvelopeError::Empty);
         }
-        Ok(envelope)
+        Ok(Message { version, parts })
+    }
+
+    /// Events in all parts.
+    pub fn event_count(&self) -> usize {
+        self.parts.iter().map(|part| part.events.len()).sum()
     }
 }

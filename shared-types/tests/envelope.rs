@@ -6,11 +6,14 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use shared_types::envelope::{Envelope, EnvelopeError};
+use shared_types::envelope::{
+    Envelope, EnvelopeError, Message, COALESCED_CONTENT_TYPE, CONTENT_TYPE,
+};
 use shared_types::event::{Event, EventData, Validation};
 use shared_types::Limits;
 
 const GOLDEN: &str = include_str!("fixtures/envelope_v1.json");
+const GOLDEN_V2: &str = include_str!("fixtures/envelope_v2.json");
 
 fn golden_envelope() -> Envelope {
     let event = |id: &str, data: EventData| Event {
@@ -54,13 +57,97 @@ fn golden_bytes_decode_to_the_envelope() {
     );
 }
 
+/// Two requests coalesced into one message: the golden envelope's events, one per request.
+fn golden_message() -> Message {
+    let envelope = golden_envelope();
+    let later = envelope.received_at + chrono::Duration::microseconds(700);
+    let mut events = envelope.events.into_iter();
+    let first = Envelope::new(
+        "req-0001".into(),
+        envelope.received_at,
+        events.next().into_iter().collect(),
+    );
+    let second = Envelope::new("req-0002".into(), later, events.collect());
+    Message::new(vec![first, second])
+}
+
 #[test]
 fn unknown_envelope_version_is_refused() {
-    let bytes = GOLDEN.replacen("\"v\":1", "\"v\":2", 1);
+    let bytes = GOLDEN.replacen("\"v\":1", "\"v\":3", 1);
     assert!(matches!(
         Envelope::decode(bytes.as_bytes()),
+        Err(EnvelopeError::UnsupportedVersion(3))
+    ));
+    assert!(matches!(
+        Message::decode(bytes.as_bytes()),
+        Err(EnvelopeError::UnsupportedVersion(3))
+    ));
+}
+
+#[test]
+fn coalesced_message_encodes_to_the_golden_v2_bytes() {
+    let message = golden_message();
+    assert_eq!(message.version, 2);
+    assert_eq!(message.content_type(), COALESCED_CONTENT_TYPE);
+    let encoded = String::from_utf8(message.encode()).unwrap();
+    assert_eq!(encoded, GOLDEN_V2.trim_end());
+}
+
+#[test]
+fn golden_v2_bytes_decode_to_their_parts() {
+    let decoded = Message::decode(GOLDEN_V2.as_bytes()).unwrap();
+    assert_eq!(decoded, golden_message());
+    assert_eq!(decoded.event_count(), 2);
+    assert_eq!(decoded.parts[1].request_id, "req-0002");
+}
+
+#[test]
+fn a_single_part_message_is_written_as_version_1() {
+    let message = Message::new(vec![golden_envelope()]);
+    assert_eq!(message.version, 1);
+    assert_eq!(message.content_type(), CONTENT_TYPE);
+    assert_eq!(
+        String::from_utf8(message.encode()).unwrap(),
+        GOLDEN.trim_end()
+    );
+    assert_eq!(Message::decode(GOLDEN.as_bytes()).unwrap(), message);
+}
+
+#[test]
+fn a_v1_reader_refuses_v2_as_unsupported_not_malformed() {
+    assert!(matches!(
+        Envelope::decode(GOLDEN_V2.as_bytes()),
         Err(EnvelopeError::UnsupportedVersion(2))
     ));
+}
+
+#[test]
+fn fields_of_the_other_version_are_refused() {
+    let v1_with_parts = GOLDEN.replacen("\"events\":", "\"parts\":[],\"events\":", 1);
+    let v2_with_events = GOLDEN_V2.replacen("\"parts\":", "\"events\":[],\"parts\":", 1);
+    let v2_labelled_v1 = GOLDEN_V2.replacen("\"v\":2", "\"v\":1", 1);
+    for bytes in [v1_with_parts, v2_with_events, v2_labelled_v1] {
+        assert!(
+            matches!(
+                Message::decode(bytes.as_bytes()),
+                Err(EnvelopeError::Shape(_))
+            ),
+            "{bytes}"
+        );
+    }
+}
+
+#[test]
+fn coalesced_message_without_parts_or_with_an_empty_part_is_refused() {
+    let no_parts = r#"{"v":2,"parts":[]}"#;
+    let empty_part =
+        r#"{"v":2,"parts":[{"request_id":"r","received_at":"2024-05-01T10:00:00Z","events":[]}]}"#;
+    for bytes in [no_parts, empty_part] {
+        assert!(matches!(
+            Message::decode(bytes.as_bytes()),
+            Err(EnvelopeError::Empty)
+        ));
+    }
 }
 
 #[test]
@@ -156,7 +243,21 @@ proptest! {
             .map_err(|problems| TestCaseError::fail(format!("{problems:?}")))?;
         let envelope = Envelope::new("req".into(), Utc::now(), events.clone());
         let decoded = Envelope::decode(&envelope.encode()).unwrap();
-        prop_assert_eq!(decoded.events, events);
+        prop_assert_eq!(decoded.events, events.clone());
         prop_assert_eq!(decoded.received_at, envelope.received_at);
+    }
+
+    #[test]
+    fn valid_events_survive_a_coalesced_round_trip(raw in prop::collection::vec(arbitrary_event(), 2..6)) {
+        let limits = Limits { max_event_bytes: usize::MAX, ..Limits::default() };
+        let rules = Validation { limits: &limits, now: None };
+        let parts: Vec<Envelope> = raw.into_iter()
+            .enumerate()
+            .map(|(n, value)| Event::from_json(value, &rules)
+                .map(|event| Envelope::new(format!("req-{n}"), Utc::now(), vec![event])))
+            .collect::<Result<_, _>>()
+            .map_err(|problems| TestCaseError::fail(format!("{problems:?}")))?;
+        let message = Message::new(parts);
+        prop_assert_eq!(Message::decode(&message.encode()).unwrap(), message);
     }
 }

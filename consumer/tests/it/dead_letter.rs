@@ -9,9 +9,10 @@ use lapin::options::{
 };
 use lapin::BasicProperties;
 use serde_json::Value;
+use shared_types::envelope::Message;
 use shared_types::Envelope;
 
-use crate::helpers::{event, spawn_app, TestApp};
+use crate::helpers::{event, spawn_app, spawn_app_with, TestApp};
 
 async fn publish_garbage(app: &TestApp) {
     let connection = app.amqp().await;
@@ -114,6 +115,31 @@ async fn event_the_database_refuses_is_dead_lettered_alone() {
     assert_eq!(dead.events[0].id, "poison");
     app.wait_for_depth(&app.topology().store_queue(), 0).await;
     assert_eq!(app.count_rows().await, 2);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_event_among_coalesced_requests_is_dead_lettered_with_its_own_request_id() {
+    let app = spawn_app_with(&[("WARREN_COALESCE_LINGER_US", "2000")]).await;
+    refuse_id(&app, "poison").await;
+    let mut singles: Vec<Value> = (0..10).map(|_| event("order.placed")).collect();
+    singles[4]["id"] = "poison".into();
+
+    let statuses = app.post_singles_at_once(&singles).await;
+
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    app.wait_for_rows(9).await;
+    app.wait_for_depth(&app.topology().dead_letter_queue(), 1)
+        .await;
+    let (reason, body) = peek_dead_letter(&app).await;
+    assert!(reason.contains("test_refuse"), "{reason}");
+    let dead = Message::decode(&body).unwrap();
+    assert_eq!(dead.parts.len(), 1);
+    assert_eq!(dead.parts[0].request_id, "single-4");
+    assert_eq!(dead.parts[0].events.len(), 1);
+    assert_eq!(dead.parts[0].events[0].id, "poison");
+    app.wait_for_depth(&app.topology().store_queue(), 0).await;
+    assert_eq!(app.count_rows().await, 9);
     app.cleanup().await;
 }
 

@@ -198,6 +198,23 @@ impl TestApp {
         .await
     }
 
+    /// POSTs each of `events` as its own single-event request, all at once, with request ids
+    /// `single-0`, `single-1`, ...; returns the statuses in order.
+    pub async fn post_singles_at_once(&self, events: &[Value]) -> Vec<u16> {
+        let requests = events.iter().enumerate().map(|(n, event)| async move {
+            let request_id = format!("single-{n}");
+            self.post(
+                "application/cloudevents+json",
+                event.to_string(),
+                &[("x-request-id", request_id.as_str())],
+            )
+            .await
+            .status()
+            .as_u16()
+        });
+        futures_util::future::join_all(requests).await
+    }
+
     pub async fn post_event(&self, event: &Value) -> reqwest::Response {
         self.post("application/cloudevents+json", event.to_string(), &[])
             .await

@@ -5,7 +5,7 @@ use std::io::Write;
 use diesel_async::RunQueryDsl;
 use serde_json::{json, Value};
 
-use crate::helpers::{event, spawn_app};
+use crate::helpers::{event, spawn_app, spawn_app_with};
 
 #[derive(diesel::QueryableByName, Debug)]
 struct Row {
@@ -190,5 +190,26 @@ async fn empty_object_gets_400_naming_each_missing_attribute() {
         .map(|d| d["pointer"].as_str().unwrap())
         .collect();
     assert_eq!(pointers, ["/specversion", "/id", "/source", "/type"]);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn coalesced_single_events_are_stored_each_with_its_own_request_id() {
+    let app = spawn_app_with(&[("WARREN_COALESCE_LINGER_US", "2000")]).await;
+    let sent: Vec<Value> = (0..30).map(|_| event("page.viewed")).collect();
+
+    let statuses = app.post_singles_at_once(&sent).await;
+
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    app.wait_for_rows(30).await;
+    let stored: std::collections::HashMap<String, Option<String>> = rows(&app)
+        .await
+        .into_iter()
+        .map(|row| (row.id, row.request_id))
+        .collect();
+    for (n, event) in sent.iter().enumerate() {
+        let request_id = stored[event["id"].as_str().unwrap()].as_deref();
+        assert_eq!(request_id, Some(format!("single-{n}").as_str()));
+    }
     app.cleanup().await;
 }

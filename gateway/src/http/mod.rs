@@ -16,13 +16,14 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 use shared_types::auth::Scope;
-use shared_types::envelope::Envelope;
+use shared_types::envelope::{Envelope, CONTENT_TYPE};
 use shared_types::http_json;
 use shared_types::rate_limit::RateLimiter;
 use shared_types::Event;
 
 pub use error::ApiError;
 
+use crate::coalesce::Coalescer;
 use crate::config::GatewayConfig;
 use crate::decode::{decode_content, decode_events, DecodeError};
 use crate::publish::{EventPublisher, OutgoingMessage};
@@ -44,6 +45,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub struct AppState<P> {
     /// The broker seam.
     pub publisher: P,
+    /// Shares one message among concurrent single-event requests.
+    pub coalescer: Coalescer<P>,
     /// Settings.
     pub config: GatewayConfig,
     /// Set when shutdown starts, so `/readyz` turns red before connections drain.
@@ -191,9 +194,18 @@ async fn ingest<P: EventPublisher>(
         .limiter
         .check(caller, count as f64)
         .map_err(ApiError::RateLimited)?;
-    let messages = group_by_type(request_id, received_at, events);
     let confirm_started = std::time::Instant::now();
-    state.publisher.publish(messages).await?;
+    match events.as_slice() {
+        [single] if state.config.coalesce.is_on() => {
+            let routing_key = single.event_type.clone();
+            let part = Envelope::new(request_id.to_owned(), received_at, events);
+            state.coalescer.publish(routing_key, part).await?;
+        }
+        _ => {
+            let messages = group_by_type(request_id, received_at, events);
+            state.publisher.publish(messages).await?;
+        }
+    }
     metrics::histogram!("warren_gateway_publish_confirm_seconds")
         .record(confirm_started.elapsed().as_secs_f64());
     metrics::counter!("warren_gateway_events_accepted_total").increment(count as u64);
@@ -245,6 +257,7 @@ pub fn group_by_type(
         .into_iter()
         .map(|(routing_key, events)| OutgoingMessage {
             body: Envelope::new(request_id.to_owned(), received_at, events).encode(),
+            content_type: CONTENT_TYPE,
             routing_key,
             message_id: uuid::Uuid::now_v7().to_string(),
             request_id: request_id.to_owned(),

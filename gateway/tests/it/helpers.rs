@@ -77,10 +77,9 @@ impl TestGateway {
             .published()
             .iter()
             .map(|m| {
-                shared_types::Envelope::decode(&m.body)
+                shared_types::envelope::Message::decode(&m.body)
                     .unwrap()
-                    .events
-                    .len()
+                    .event_count()
             })
             .sum()
     }

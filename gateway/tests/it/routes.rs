@@ -102,6 +102,74 @@ async fn batch_is_published_as_one_message_per_event_type() {
     );
 }
 
+/// POSTs `count` single events at once, each with its own request id; returns (request id,
+/// event id) pairs in request order, after checking every request got 202.
+async fn post_singles_at_once(
+    gateway: &crate::helpers::TestGateway,
+    count: usize,
+) -> Vec<(String, String)> {
+    let sent: Vec<(String, Value)> = (0..count)
+        .map(|n| (format!("single-{n}"), event()))
+        .collect();
+    let responses =
+        futures_util::future::join_all(sent.iter().map(|(request_id, body)| async move {
+            gateway
+                .post(
+                    "application/cloudevents+json",
+                    body.to_string(),
+                    &[("x-request-id", request_id)],
+                )
+                .await
+        }))
+        .await;
+    assert!(responses.iter().all(|r| r.status() == 202));
+    sent.into_iter()
+        .map(|(request_id, body)| (request_id, body["id"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+/// Every (request id, event id) pair the published messages carry, sorted.
+fn published_pairs(gateway: &crate::helpers::TestGateway) -> Vec<(String, String)> {
+    let published = gateway.publisher.published();
+    let mut pairs: Vec<(String, String)> = published
+        .iter()
+        .flat_map(|m| {
+            shared_types::envelope::Message::decode(&m.body)
+                .unwrap()
+                .parts
+        })
+        .flat_map(|part| {
+            let request_id = part.request_id.clone();
+            part.events
+                .into_iter()
+                .map(move |e| (request_id.clone(), e.id))
+        })
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+#[tokio::test]
+async fn concurrent_single_events_each_keep_their_request_id_when_coalesced() {
+    let gateway = spawn_gateway(&[("WARREN_COALESCE_LINGER_US", "2000")]).await;
+    let mut sent = post_singles_at_once(&gateway, 40).await;
+    sent.sort();
+    assert_eq!(published_pairs(&gateway), sent);
+}
+
+#[tokio::test]
+async fn with_coalescing_off_every_single_event_is_its_own_version_1_message() {
+    let gateway = spawn_gateway(&[("WARREN_COALESCE_LINGER_US", "0")]).await;
+    let mut sent = post_singles_at_once(&gateway, 20).await;
+    sent.sort();
+    assert_eq!(published_pairs(&gateway), sent);
+    let published = gateway.publisher.published();
+    assert_eq!(published.len(), 20);
+    assert!(published
+        .iter()
+        .all(|m| m.content_type == shared_types::envelope::CONTENT_TYPE));
+}
+
 #[tokio::test]
 async fn publish_failures_are_503_with_retry_after() {
     let gateway = spawn_gateway(&[("WARREN_RETRY_AFTER_SECS", "3")]).await;
