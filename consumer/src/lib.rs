@@ -35,6 +35,8 @@ pub async fn run(
     config: ConsumerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), DbError> {
+    // Before any task records: a metric recorded earlier would go to no recorder.
+    shared_types::metrics::install();
     let cancel = CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
     let mut failures = 0;
@@ -71,7 +73,6 @@ pub async fn run(
         Arc::clone(&status),
         cancel.clone(),
     ));
-    shared_types::metrics::install();
     if !config.auth.is_on() {
         tracing::warn!("WARREN_AUTH=off: anyone who reaches a consumer may query events");
     }

@@ -31,6 +31,8 @@ pub async fn run(
     config: GatewayConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) {
+    // Before the broker task starts: a gauge it sets earlier would go to no recorder.
+    shared_types::metrics::install();
     let cancel = CancellationToken::new();
     let (publisher, supervisor) = BrokerPublisher::start(config.broker.clone(), cancel.clone());
     serve_with(listener, config, publisher, shutdown).await;
