@@ -63,13 +63,20 @@ impl ConsumerConfig {
         Self::from_settings(&Settings::from_env())
     }
 
-    /// Reads any settings source; every bad value names its variable.
-    pub fn from_settings(settings: &Settings<'_>) -> Result<Self, ConfigError> {
+    /// Only `WARREN_DATABASE_URL`: what `consumer migrate` needs, so a one-shot migration job
+    /// does not have to carry API keys or broker settings.
+    pub fn database_url(settings: &Settings<'_>) -> Result<String, ConfigError> {
         let database_url = settings.string(
             "WARREN_DATABASE_URL",
             "postgres://postgres@127.0.0.1:5432/warren",
         );
         check_postgres_url("WARREN_DATABASE_URL", &database_url)?;
+        Ok(database_url)
+    }
+
+    /// Reads any settings source; every bad value names its variable.
+    pub fn from_settings(settings: &Settings<'_>) -> Result<Self, ConfigError> {
+        let database_url = Self::database_url(settings)?;
         let database_read_url = settings.string("WARREN_DATABASE_READ_URL", &database_url);
         check_postgres_url("WARREN_DATABASE_READ_URL", &database_read_url)?;
         Ok(Self {
@@ -88,7 +95,7 @@ impl ConsumerConfig {
             topology: Topology::from_settings(settings)?,
             queue_limits: QueueLimits::from_settings(settings)?,
             batch: BatchSettings {
-                max_events: settings.bounded("WARREN_BATCH_MAX_EVENTS", 500, 1..=50_000)?,
+                max_events: settings.bounded("WARREN_BATCH_MAX_EVENTS", 2_000, 1..=50_000)?,
                 max_wait: settings.millis("WARREN_BATCH_MAX_WAIT_MS", 50, 1..=60_000)?,
                 prefetch: settings.bounded("WARREN_PREFETCH", 200, 1..=u16::MAX)?,
             },
@@ -140,7 +147,7 @@ mod tests {
         );
         assert_eq!(config.database_read_url, config.database_url);
         assert_eq!(config.topology.store_queue(), "warren.events.store");
-        assert_eq!(config.batch.max_events, 500);
+        assert_eq!(config.batch.max_events, 2_000);
         assert_eq!(config.batch.max_wait, Duration::from_millis(50));
     }
 
@@ -154,5 +161,23 @@ mod tests {
     fn zero_prefetch_is_refused() {
         let error = config(&[("WARREN_PREFETCH", "0")]).unwrap_err();
         assert_eq!(error.name, "WARREN_PREFETCH");
+    }
+
+    #[test]
+    fn migrate_needs_only_the_database_url_not_api_keys() {
+        let settings = Settings::from_pairs(&[("WARREN_DATABASE_URL", "postgres://db/x")]);
+        assert!(
+            ConsumerConfig::from_settings(&settings).is_err(),
+            "auth is on by default"
+        );
+        assert_eq!(
+            ConsumerConfig::database_url(&settings).unwrap(),
+            "postgres://db/x"
+        );
+        let bad = Settings::from_pairs(&[("WARREN_DATABASE_URL", "mysql://x")]);
+        assert_eq!(
+            ConsumerConfig::database_url(&bad).unwrap_err().name,
+            "WARREN_DATABASE_URL"
+        );
     }
 }

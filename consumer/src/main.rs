@@ -8,16 +8,19 @@ use shared_types::shutdown::shutdown_signal;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = ConsumerConfig::from_env().context("invalid configuration")?;
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("migrate") {
+        let settings = shared_types::config::Settings::from_env();
+        let database_url =
+            ConsumerConfig::database_url(&settings).context("invalid configuration")?;
+        shared_types::telemetry::init("info")?;
+        let applied = consumer::db::migrate(&database_url).await?;
+        println!("migrations applied: {applied}");
+        return Ok(());
+    }
+    let config = ConsumerConfig::from_env().context("invalid configuration")?;
     match args.first().map(String::as_str) {
         None | Some("serve") => {}
-        Some("migrate") => {
-            shared_types::telemetry::init("info")?;
-            let applied = consumer::db::migrate(&config.database_url).await?;
-            println!("migrations applied: {applied}");
-            return Ok(());
-        }
         Some("dlq") => {
             let command = consumer::cli::parse_dlq(&args[1..])?;
             return consumer::cli::run_dlq(&config, command).await;

@@ -32,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
         Some("healthcheck") => return shared_types::healthcheck::probe(config.addr).await,
         Some(other) => anyhow::bail!("unknown subcommand {other:?}; {USAGE}"),
     }
-    shared_types::telemetry::init("info,lapin=warn")?;
+    shared_types::telemetry::init("info,lapin=warn,lapin::returned_messages=error")?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("cannot listen on {} (WARREN_GATEWAY_ADDR)", config.addr))?;
