@@ -309,3 +309,86 @@ async fn every_bad_parameter_is_a_400_naming_it() {
     }
     app.cleanup().await;
 }
+
+/// Every page of `query` at `limit`, followed through `next_cursor`, as ids.
+async fn all_pages(app: &TestApp, query: &str, limit: u32) -> Vec<String> {
+    let mut collected = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..20 {
+        let path = match &cursor {
+            Some(cursor) => format!("/v1/events?{query}&limit={limit}&cursor={cursor}"),
+            None => format!("/v1/events?{query}&limit={limit}"),
+        };
+        let (status, body) = get(app, &path).await;
+        assert_eq!(status, 200, "{body}");
+        let page = body["events"].as_array().unwrap();
+        assert!(page.len() <= limit as usize);
+        collected.extend(page.iter().map(|e| e["id"].as_str().unwrap().to_owned()));
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return collected,
+        }
+    }
+    panic!("more than 20 pages for {query}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prefix_pages_merge_the_matching_types_in_time_order() {
+    let app = app_with_events().await;
+
+    // page.viewed, page.left and pageant.started interleave in time; pages of one and two cut
+    // across the types, and no event is skipped or repeated.
+    for limit in [1, 2, 3] {
+        assert_eq!(
+            all_pages(&app, "type=page*", limit).await,
+            ["a7", "a4", "a3", "a2", "a1"],
+            "limit {limit}"
+        );
+    }
+    assert_eq!(
+        all_pages(
+            &app,
+            "type=page.*&source=/web&since=2024-05-01T10:05:00Z&until=2024-05-01T13:00:01Z",
+            1
+        )
+        .await,
+        ["a7", "a3", "a2"]
+    );
+    assert_eq!(
+        all_pages(&app, "type=order.*&subject=user/3", 1).await,
+        ["a6"]
+    );
+    // A prefix past every stored type, and one between two types, match nothing.
+    assert!(ids(&app, "type=zzz.*").await.is_empty());
+    assert!(ids(&app, "type=pagea.*").await.is_empty());
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_alone_or_with_a_type_merges_that_sources_types_in_time_order() {
+    let app = app_with_events().await;
+
+    // /web holds page.viewed, page.left and pageant.started, interleaved in time.
+    for limit in [1, 2, 10] {
+        assert_eq!(
+            all_pages(&app, "source=/web", limit).await,
+            ["a7", "a4", "a3", "a2", "a1"],
+            "limit {limit}"
+        );
+    }
+    assert_eq!(
+        all_pages(&app, "source=/web&type=page.*", 1).await,
+        ["a7", "a3", "a2", "a1"]
+    );
+    assert_eq!(
+        all_pages(&app, "source=/web&type=page.viewed", 2).await,
+        ["a7", "a2", "a1"]
+    );
+    assert_eq!(
+        all_pages(&app, "source=/shop&until=2024-05-01T13:00:00Z", 1).await,
+        ["a5"]
+    );
+    assert!(ids(&app, "source=/shop&type=page.*").await.is_empty());
+    assert!(ids(&app, "source=/nowhere").await.is_empty());
+    app.cleanup().await;
+}
