@@ -31,6 +31,9 @@ SCENARIOS = {
     "single": ("ingest.js", {"RATE": "15000", "VUS": "1500"}, 1, "≥ 15 000 events/s, p99 < 20 ms"),
     "mixed": ("mixed.js", {"RATE": "2000", "VUS": "400"}, 0.9, "90% ingest / 10% queries"),
     "spike": ("spike.js", {"START": "500", "PEAK": "8000", "STEPS": "5", "VUS": "800"}, 1, "find the knee"),
+    # Needs the synthetic events of scripts/prefill (scripts/bench --prefill N) for its filters.
+    "queries": ("queries.js", {"QUERY_RATE": "500", "INGEST_RATE": "200", "BATCH": "100", "VUS": "200"}, 100,
+                "queries p99 < 20 ms at 500 req/s while ingesting 20 000 events/s"),
 }
 
 
@@ -128,6 +131,10 @@ def run_scenario(name, target, duration, stack_dir, out_dir, env_extra, db_url):
                str(ROOT / "loadtest" / script)]
     if name == "spike":
         command[3:3] = [f"--out=csv={out_dir / 'spike.csv.gz'}"]
+    rows_before = None
+    if db_url:
+        count = subprocess.run(["psql", db_url, "-Atc", "SELECT count(*) FROM events"], capture_output=True, text=True)
+        rows_before = int(count.stdout) if count.returncode == 0 and count.stdout.strip().isdigit() else None
     sampler = Sampler(stack_dir)
     sampler.start()
     started = time.time()
@@ -151,10 +158,14 @@ def run_scenario(name, target, duration, stack_dir, out_dir, env_extra, db_url):
         "requests": requests, "failed_requests": round(failed),
         "dropped_iterations": metric("dropped_iterations", "count"),
         "http_ms": {k: round(metric(duration_key, k), 2) for k in ("med", "p(95)", "p(99)", "max")},
+        "query_ms": {k: round(metric("http_req_duration{name:query}", k), 2) for k in ("med", "p(95)", "p(99)", "max")}
+        if "http_req_duration{name:query}" in metrics else None,
+        "queries": metric("http_reqs{name:query}", "count") if "http_reqs{name:query}" in metrics else None,
         "processes": sampler.report(),
         "k6_exit": process.returncode,
+        "rows_before": rows_before,
     }
-    offered_rate = {"batch": 400 * 100, "single": 15000, "mixed": 2000 * 0.9}.get(name)
+    offered_rate = {"batch": 400 * 100, "single": 15000, "mixed": 2000 * 0.9, "queries": 200 * 100}.get(name)
     result["events_per_s_offered"] = offered_rate
     if db_url:
         reconcile = subprocess.run([str(ROOT / "scripts" / "reconcile"), tag, "--log", str(log), "--db", db_url, "--json", "--wait", "60"],
@@ -243,6 +254,15 @@ def markdown(results, peer_results, machine, date):
             process = result["processes"].get(group, {})
             cells.append(f"{process.get('peak_rss_mib', '-')} MiB / {process.get('cpu_seconds', '-')} s")
         lines.append(f"| {result['scenario']} | " + " | ".join(cells) + " |")
+    with_queries = [r for r in results if r.get("query_ms")]
+    if with_queries:
+        lines += ["", "Read API (`GET /v1/events` with a filter, limit 50) during the run:", "",
+                  "| scenario | rows in the table at the start | queries | query p50 / p95 / p99 / max (ms) |",
+                  "|---|---|---|---|"]
+        for result in with_queries:
+            q = result["query_ms"]
+            lines.append(f"| {result['scenario']} | {result.get('rows_before', '?')} | {result['queries']} | "
+                         f"{q['med']} / {q['p(95)']} / {q['p(99)']} / {q['max']} |")
     if peer_results:
         lines += ["", "Side by side with the peer (same scenarios, same machine):", "",
                   "| scenario | Warren events/s accepted | peer events/s accepted | ratio | Warren p99 ms | peer p99 ms |",
