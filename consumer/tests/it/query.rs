@@ -143,6 +143,48 @@ async fn events_come_back_as_accepted_plus_received_at() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn every_attribute_comes_back_exactly_as_accepted_in_list_and_lookup() {
+    let app = spawn_app().await;
+    let full = json!({
+        "specversion": "1.0", "id": "full-1", "source": "/attrs", "type": "attrs.checked",
+        "subject": "user/9", "time": "2024-05-01T10:00:00.123456Z",
+        "datacontenttype": "application/json", "dataschema": "https://example.com/s.json",
+        "traceparent": "00-abc-01", "shard": 7, "sampled": true,
+        "data": {"nested": {"list": [1, 2.5, "x", null, false]}, "empty": {}}
+    });
+    let binary = json!({
+        "specversion": "1.0", "id": "bin-1", "source": "/attrs", "type": "attrs.checked",
+        "datacontenttype": "application/octet-stream", "data_base64": "AAEC/w=="
+    });
+    let bare =
+        json!({"specversion": "1.0", "id": "bare-1", "source": "/attrs", "type": "attrs.checked"});
+    assert_eq!(
+        app.post_batch(vec![full.clone(), binary.clone(), bare.clone()])
+            .await
+            .status(),
+        202
+    );
+    app.wait_for_rows(3).await;
+
+    let (status, page) = get(&app, "/v1/events?source=%2Fattrs&limit=10").await;
+    assert_eq!(status, 200);
+    let mut listed: Vec<Value> = page["events"].as_array().unwrap().clone();
+    for (sent, id) in [(&full, "full-1"), (&binary, "bin-1"), (&bare, "bare-1")] {
+        let (status, mut looked_up) =
+            get(&app, &format!("/v1/events/lookup?source=%2Fattrs&id={id}")).await;
+        assert_eq!(status, 200);
+        let position = listed.iter().position(|e| e["id"] == id).unwrap();
+        let mut from_list = listed.remove(position);
+        for stored in [&mut looked_up, &mut from_list] {
+            let received_at = stored.as_object_mut().unwrap().remove("received_at");
+            assert!(received_at.unwrap().is_string(), "{id}: received_at");
+            assert_eq!(&*stored, sent, "{id} comes back as it was accepted");
+        }
+    }
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn pagination_walks_every_event_once_with_a_stable_order() {
     let app = app_with_events().await;
     let mut seen = Vec::new();
