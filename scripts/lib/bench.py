@@ -161,6 +161,9 @@ def run_scenario(name, target, duration, stack_dir, out_dir, env_extra, db_url):
         "query_ms": {k: round(metric("http_req_duration{name:query}", k), 2) for k in ("med", "p(95)", "p(99)", "max")}
         if "http_req_duration{name:query}" in metrics else None,
         "queries": metric("http_reqs{name:query}", "count") if "http_reqs{name:query}" in metrics else None,
+        # Per filter shape (queries.js tags each request with its kind).
+        "query_kinds_ms": {key[len("http_req_duration{kind:"):-1]: {k: round(metric(key, k), 2) for k in ("med", "p(95)", "p(99)", "max")}
+                           for key in sorted(metrics) if key.startswith("http_req_duration{kind:")},
         "processes": sampler.report(),
         "k6_exit": process.returncode,
         "rows_before": rows_before,
@@ -263,6 +266,13 @@ def markdown(results, peer_results, machine, date):
             q = result["query_ms"]
             lines.append(f"| {result['scenario']} | {result.get('rows_before', '?')} | {result['queries']} | "
                          f"{q['med']} / {q['p(95)']} / {q['p(99)']} / {q['max']} |")
+        for result in with_queries:
+            kinds = result.get("query_kinds_ms") or {}
+            if kinds:
+                lines += ["", f"By filter shape ({result['scenario']}):", "",
+                          "| filter | p50 / p95 / p99 / max (ms) |", "|---|---|"]
+                for kind, q in kinds.items():
+                    lines.append(f"| {kind} | {q['med']} / {q['p(95)']} / {q['p(99)']} / {q['max']} |")
     if peer_results:
         lines += ["", "Side by side with the peer (same scenarios, same machine):", "",
                   "| scenario | Warren events/s accepted | peer events/s accepted | ratio | Warren p99 ms | peer p99 ms |",
