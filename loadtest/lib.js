@@ -52,7 +52,8 @@ function body(size, escapedPrefix) {
 }
 
 // POSTs `size` events (one structured event when size is 1, else a batch) and logs the accepted
-// ids as `ACCEPTED <prefix> <size>` for scripts/reconcile.
+// ids as `ACCEPTED <prefix> <size>` for scripts/reconcile, and any other answer as
+// `REFUSED <status> <prefix> <size>` so the bench can say what failed.
 export function ingest(size) {
   const prefix = `${RUN_TAG}-${exec.vu.idInTest}-${exec.vu.iterationInInstance}`;
   const contentType = size === 1 ? 'application/cloudevents+json' : 'application/cloudevents-batch+json';
@@ -62,6 +63,8 @@ export function ingest(size) {
     tags: { name: 'ingest' },
   });
   if (response.status === 202) console.log(`ACCEPTED ${prefix} ${size}`);
+  // Status 0 is k6's own: no answer (timeout or connection error).
+  else console.log(`REFUSED ${response.status} ${prefix} ${size}`);
   return response;
 }
 

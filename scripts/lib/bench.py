@@ -28,6 +28,9 @@ SCENARIOS = {
     # name: (script, k6 env, events per request, target)
     "batch": ("ingest-batch.js", {"RATE": "400", "BATCH": "100", "VUS": "200"}, 100,
               "≥ 40 000 events/s, p99 < 50 ms, no errors"),
+    # The lag target at half the rate: < 100 ms at 20 000 events/s.
+    "batch-half": ("ingest-batch.js", {"RATE": "200", "BATCH": "100", "VUS": "100"}, 100,
+                   "lag p99 < 100 ms at half the batch target (20 000 events/s)"),
     "single": ("ingest.js", {"RATE": "15000", "VUS": "1500"}, 1, "≥ 15 000 events/s, p99 < 20 ms"),
     "mixed": ("mixed.js", {"RATE": "2000", "VUS": "400"}, 0.9, "90% ingest / 10% queries"),
     "spike": ("spike.js", {"START": "500", "PEAK": "8000", "STEPS": "5", "VUS": "800"}, 1, "find the knee"),
@@ -135,6 +138,7 @@ def run_scenario(name, target, duration, stack_dir, out_dir, env_extra, db_url):
     if db_url:
         count = subprocess.run(["psql", db_url, "-Atc", "SELECT count(*) FROM events"], capture_output=True, text=True)
         rows_before = int(count.stdout) if count.returncode == 0 and count.stdout.strip().isdigit() else None
+    log_offsets = {path: path.stat().st_size for path in (pathlib.Path(stack_dir) / "logs").glob("*.log")}
     sampler = Sampler(stack_dir)
     sampler.start()
     started = time.time()
@@ -156,6 +160,7 @@ def run_scenario(name, target, duration, stack_dir, out_dir, env_extra, db_url):
     result = {
         "scenario": name, "run_tag": tag, "seconds": round(elapsed, 1),
         "requests": requests, "failed_requests": round(failed),
+        "refused_by_status": refused_by_status(log),
         "dropped_iterations": metric("dropped_iterations", "count"),
         "http_ms": {k: round(metric(duration_key, k), 2) for k in ("med", "p(95)", "p(99)", "max")},
         "query_ms": {k: round(metric("http_req_duration{name:query}", k), 2) for k in ("med", "p(95)", "p(99)", "max")}
@@ -168,7 +173,7 @@ def run_scenario(name, target, duration, stack_dir, out_dir, env_extra, db_url):
         "k6_exit": process.returncode,
         "rows_before": rows_before,
     }
-    offered_rate = {"batch": 400 * 100, "single": 15000, "mixed": 2000 * 0.9, "queries": 200 * 100}.get(name)
+    offered_rate = {"batch": 400 * 100, "batch-half": 200 * 100, "single": 15000, "mixed": 2000 * 0.9, "queries": 200 * 100}.get(name)
     result["events_per_s_offered"] = offered_rate
     if db_url:
         reconcile = subprocess.run([str(ROOT / "scripts" / "reconcile"), tag, "--log", str(log), "--db", db_url, "--json", "--wait", "60"],
@@ -188,9 +193,46 @@ def run_scenario(name, target, duration, stack_dir, out_dir, env_extra, db_url):
         accepted = sum(int(line.split()[-1]) for line in log.read_text(errors="replace").splitlines()
                        if "ACCEPTED " in line) if log.exists() else 0
         result["events_per_s_accepted"] = round(accepted / max(elapsed, 1))
+    warnings = stack_warnings(stack_dir, log_offsets)
+    if warnings:
+        (out_dir / f"{name}-warnings.txt").write_text(warnings)
+        result["warnings_log"] = f"{out_dir.name}/{name}-warnings.txt"
     if process.returncode not in (0, 99):  # 99: thresholds crossed, which the table shows anyway
         result["k6_error"] = stderr.strip()[-400:]
     return result
+
+
+def failed_cell(result):
+    """Failed requests, with their statuses when any: `6 (503: 6)`."""
+    statuses = result.get("refused_by_status") or {}
+    detail = ", ".join(f"{status}: {count}" for status, count in statuses.items())
+    return f"{result['failed_requests']} ({detail})" if detail else str(result["failed_requests"])
+
+
+def refused_by_status(log):
+    """How many ingest requests got each non-202 status (lib.js logs `REFUSED <status> ...`)."""
+    counts = {}
+    if log.exists():
+        for line in log.read_text(errors="replace").splitlines():
+            if "REFUSED " in line:
+                status = line.split("REFUSED ", 1)[1].split()[0]
+                counts[status] = counts.get(status, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def stack_warnings(stack_dir, offsets, limit=200):
+    """The WARN and ERROR lines every stack process logged during the scenario (at most `limit`
+    per process), so a failed request can be explained after the stack is gone."""
+    kept = []
+    for path in sorted((pathlib.Path(stack_dir) / "logs").glob("*.log")):
+        with path.open(errors="replace") as handle:
+            handle.seek(offsets.get(path, 0))
+            lines = [line for line in handle.read().splitlines()
+                     if '"level":"WARN"' in line or '"level":"ERROR"' in line or "[error]" in line or "[warn]" in line]
+        kept += [f"{path.name}: {line}" for line in lines[:limit]]
+        if len(lines) > limit:
+            kept.append(f"{path.name}: ... {len(lines) - limit} more")
+    return "\n".join(kept) + ("\n" if kept else "")
 
 
 def spike_chart(csv_path, svg_path):
@@ -247,7 +289,7 @@ def markdown(results, peer_results, machine, date):
             f"| {result['scenario']} | {SCENARIOS[result['scenario']][3]} | {result.get('events_per_s_offered') or 'ramp'} | "
             f"{result.get('events_per_s_accepted', '?')} | {result.get('events_per_s_stored', '?')} | "
             f"{http['med']} / {http['p(95)']} / {http['p(99)']} | {lag.get('p50')} / {lag.get('p99')} | "
-            f"{result['failed_requests']} | {result['dropped_iterations']} | {reconcile.get('missing', '?')} | {reconcile.get('duplicates', '?')} |")
+            f"{failed_cell(result)} | {result['dropped_iterations']} | {reconcile.get('missing', '?')} | {reconcile.get('duplicates', '?')} |")
     lines += ["", "Peak RSS (MiB) and CPU seconds per process group, per scenario:", "",
               "| scenario | " + " | ".join(["gateway", "consumer", "nginx", "rabbitmq", "postgres", "k6"]) + " |",
               "|---|" + "---|" * 6]
@@ -327,6 +369,10 @@ def main():
     text = markdown(results, peer_results, machine, date)
     if chart:
         text += f"\n![latency versus rate]({date}/{chart.name})\n\nk6 HTML reports: `{date}/<scenario>-report.html`.\n"
+    logged = [r for r in results if r.get("warnings_log")]
+    if logged:
+        text += "\nWarnings and errors the stack logged during a scenario: " + ", ".join(
+            f"[{r['scenario']}]({r['warnings_log']})" for r in logged) + ".\n"
     (ROOT / "bench" / "results" / f"{date}.md").write_text(text)
     print(text)
     print(f"written: bench/results/{date}.md and .json", file=sys.stderr)
