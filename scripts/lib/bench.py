@@ -22,6 +22,8 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TICK = os.sysconf("SC_CLK_TCK")
+# Which PostgreSQL the run used; scripts/bench sets it for --postgres compose.
+POSTGRES = os.environ.get("WARREN_BENCH_POSTGRES", "the machine's server, as it is configured")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 SCENARIOS = {
@@ -53,7 +55,8 @@ def stack_groups(stack_dir, k6_pid):
                 if kind == "nginx":
                     groups["nginx"] += children(int(pid))
     groups["rabbitmq"] = pgrep("beam.smp")
-    groups["postgres"] = pgrep("postgres")
+    # scripts/bench --postgres compose names its private cluster's processes warren-bench.
+    groups["postgres"] = pgrep(os.environ.get("WARREN_BENCH_PG_PATTERN", "postgres"))
     if k6_pid:
         groups["k6"] = [k6_pid]
     return groups
@@ -278,6 +281,7 @@ def spike_chart(csv_path, svg_path):
 def markdown(results, peer_results, machine, date):
     lines = [f"# Warren benchmark, {date}", "", f"Machine: {machine}", "",
              "Every process (gateways, consumers, nginx, RabbitMQ, PostgreSQL and the k6 load generator) shares this machine.",
+             f"PostgreSQL: {POSTGRES}.",
              "Figures from k6 (HTTP) and scripts/reconcile (events, lag).", "",
              "| scenario | target | events/s offered | events/s accepted | events/s stored | HTTP p50 / p95 / p99 (ms) | lag p50 / p99 (ms) | failed requests | dropped iterations | missing | duplicates |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -363,6 +367,7 @@ def main():
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
     machine = f"{os.cpu_count()} cores ({cpu}), {round(os.sysconf('SC_PHYS_PAGES') * PAGE / 2**30)} GiB, {platform.system()} {platform.release()}"
     report = {"date": date, "machine": machine, "duration_s": args.duration, "results": results,
+              "postgres": POSTGRES,
               "peer": args.peer, "peer_results": peer_results,
               "chart": str(chart.relative_to(ROOT)) if chart else None}
     (ROOT / "bench" / "results" / f"{date}.json").write_text(json.dumps(report, indent=2) + "\n")
