@@ -13,6 +13,7 @@ WORKDIR /app
 FROM chef AS planner
 COPY Cargo.toml Cargo.lock ./
 COPY shared-types shared-types
+COPY service-runtime service-runtime
 COPY gateway gateway
 COPY consumer consumer
 RUN cargo chef prepare --recipe-path recipe.json
@@ -22,6 +23,7 @@ COPY --from=planner /app/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json -p gateway -p consumer
 COPY Cargo.toml Cargo.lock openapi.json ./
 COPY shared-types shared-types
+COPY service-runtime service-runtime
 COPY gateway gateway
 COPY consumer consumer
 COPY migrations migrations

@@ -1,7 +1,7 @@
 //! Collecting deliveries into one write: a batch closes at a number of events or a time limit.
 
 use lapin::{Acker, BasicProperties};
-use shared_types::envelope::Message;
+use shared_types::envelope::Envelope;
 use tokio::time::Instant;
 
 use crate::config::BatchSettings;
@@ -13,7 +13,7 @@ pub struct Pending {
     /// The broker's delivery tag (increasing on one channel).
     pub delivery_tag: u64,
     /// The events, in one part per request the gateway coalesced into this message.
-    pub message: Message,
+    pub envelope: Envelope,
     /// Where the gateway published it (the event type), kept for dead-lettering.
     pub routing_key: String,
     /// The message's properties, kept for dead-lettering.
@@ -44,7 +44,7 @@ impl Batch {
         if self.items.is_empty() {
             self.deadline = Some(Instant::now() + self.settings.max_wait);
         }
-        self.events += pending.message.event_count();
+        self.events += pending.envelope.event_count();
         self.items.push(pending);
     }
 

@@ -1,9 +1,12 @@
-//! The consumer's operator subcommands other than serving: `dlq list` and `dlq replay`.
+//! The consumer's operator subcommands other than serving: `dlq list`, `dlq replay` and
+//! `teardown`.
 
 use lapin::{Connection, ConnectionProperties};
+use service_runtime::config::{amqp_url, Settings};
+use service_runtime::topology::Topology;
 
 use crate::config::ConsumerConfig;
-use crate::dlq;
+use crate::dead_letter::admin;
 
 /// Usage of the `dlq` subcommand.
 pub const DLQ_USAGE: &str =
@@ -43,16 +46,40 @@ pub fn parse_dlq(args: &[String]) -> Result<DlqCommand, UsageError> {
     }
 }
 
+/// `consumer teardown [--force]`: deletes the queues and exchanges of `WARREN_AMQP_PREFIX`, so
+/// scripts and test stacks leave nothing behind on a shared broker. Needs only the AMQP settings.
+/// Without `--force` a queue that still holds messages is kept and the command fails.
+pub async fn run_teardown(args: &[String]) -> anyhow::Result<()> {
+    let force = match args {
+        [] => false,
+        [flag] if flag == "--force" => true,
+        _ => anyhow::bail!("usage: consumer teardown [--force]"),
+    };
+    let settings = Settings::from_env();
+    let url = amqp_url(&settings)?;
+    let topology = Topology::from_settings(&settings)?;
+    let connection = Connection::connect(url.expose(), ConnectionProperties::default()).await?;
+    let removed = topology.remove(&connection, force).await;
+    let _ = connection.close(200, "teardown done".into()).await;
+    removed?;
+    println!(
+        "removed the queues and exchanges of prefix {}",
+        topology.prefix()
+    );
+    Ok(())
+}
+
 /// Runs a `dlq` command and prints its report.
 pub async fn run_dlq(config: &ConsumerConfig, command: DlqCommand) -> anyhow::Result<()> {
-    let connection = Connection::connect(&config.amqp_url, ConnectionProperties::default()).await?;
+    let connection =
+        Connection::connect(config.amqp_url.expose(), ConnectionProperties::default()).await?;
     config
         .topology
         .declare(&connection, config.queue_limits)
         .await?;
     match command {
         DlqCommand::List(max) => {
-            let report = dlq::list(&connection, &config.topology, max).await?;
+            let report = admin::list(&connection, &config.topology, max).await?;
             println!(
                 "{} message(s) in {}",
                 report.total,
@@ -69,7 +96,7 @@ pub async fn run_dlq(config: &ConsumerConfig, command: DlqCommand) -> anyhow::Re
             }
         }
         DlqCommand::Replay(limit) => {
-            let replayed = dlq::replay(&connection, &config.topology, limit).await?;
+            let replayed = admin::replay(&connection, &config.topology, limit).await?;
             println!(
                 "replayed {replayed} message(s) to {}",
                 config.topology.exchange()

@@ -3,11 +3,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shared_types::auth::Auth;
-use shared_types::config::{amqp_url, ConfigError, Settings};
-use shared_types::rate_limit::{Limit, RateLimiter};
-use shared_types::server::ServerSettings;
-use shared_types::topology::{QueueLimits, Topology};
+use service_runtime::auth::Auth;
+use service_runtime::config::{amqp_url, ConfigError, SecretUrl, Settings};
+use service_runtime::rate_limit::{Limit, RateLimiter};
+use service_runtime::server::ServerSettings;
+use service_runtime::topology::{QueueLimits, Topology};
 
 /// Everything the consumer needs to run.
 #[derive(Debug, Clone)]
@@ -15,9 +15,9 @@ pub struct ConsumerConfig {
     /// HTTP listen address for health and queries (`WARREN_CONSUMER_ADDR`).
     pub addr: SocketAddr,
     /// Where events are written (`WARREN_DATABASE_URL`).
-    pub database_url: String,
+    pub database_url: SecretUrl,
     /// Where queries read (`WARREN_DATABASE_READ_URL`, default: the write URL).
-    pub database_read_url: String,
+    pub database_read_url: SecretUrl,
     /// Largest number of pooled database connections, per pool.
     pub pool_size: usize,
     /// Longest wait for a pooled connection.
@@ -27,7 +27,7 @@ pub struct ConsumerConfig {
     /// Batch writes are cancelled by Postgres after this long (then retried).
     pub write_timeout: Duration,
     /// AMQP URL (may hold a password).
-    pub amqp_url: String,
+    pub amqp_url: SecretUrl,
     /// Names of the exchange and queues.
     pub topology: Topology,
     /// Store-queue arguments, applied only when the queue is first created.
@@ -44,7 +44,19 @@ pub struct ConsumerConfig {
     pub auth: Auth,
     /// Per-key queries per second (`WARREN_READ_RATE_LIMIT`, `WARREN_READ_RATE_BURST`).
     pub read_limit: Option<Limit>,
+    /// Seconds clients are told to wait in `Retry-After` on a 503 (`WARREN_RETRY_AFTER_SECS`).
+    pub retry_after_secs: u64,
+    /// Deprecated variables that were read, to log once telemetry is up.
+    pub deprecations: Vec<String>,
 }
+
+/// Consumer variables that were renamed: (current name, old name still read with a warning).
+/// `WARREN_BATCH_MAX_EVENTS` differed from the gateway's per-request `WARREN_MAX_BATCH_EVENTS`
+/// only in word order, so the per-write settings now say "write".
+pub const RENAMED: &[(&str, &str)] = &[
+    ("WARREN_WRITE_BATCH_EVENTS", "WARREN_BATCH_MAX_EVENTS"),
+    ("WARREN_WRITE_BATCH_WAIT_MS", "WARREN_BATCH_MAX_WAIT_MS"),
+];
 
 /// When a batch is written: at `max_events` events or `max_wait` after its first delivery.
 #[derive(Debug, Clone, Copy)]
@@ -65,20 +77,27 @@ impl ConsumerConfig {
 
     /// Only `WARREN_DATABASE_URL`: what `consumer migrate` needs, so a one-shot migration job
     /// does not have to carry API keys or broker settings.
-    pub fn database_url(settings: &Settings<'_>) -> Result<String, ConfigError> {
+    pub fn database_url(settings: &Settings<'_>) -> Result<SecretUrl, ConfigError> {
         let database_url = settings.string(
             "WARREN_DATABASE_URL",
             "postgres://postgres@127.0.0.1:5432/warren",
         );
         check_postgres_url("WARREN_DATABASE_URL", &database_url)?;
-        Ok(database_url)
+        Ok(SecretUrl::new(database_url))
     }
 
     /// Reads any settings source; every bad value names its variable.
     pub fn from_settings(settings: &Settings<'_>) -> Result<Self, ConfigError> {
+        let (settings, deprecations) = settings.with_renamed(RENAMED);
+        let settings = &settings;
         let database_url = Self::database_url(settings)?;
-        let database_read_url = settings.string("WARREN_DATABASE_READ_URL", &database_url);
-        check_postgres_url("WARREN_DATABASE_READ_URL", &database_read_url)?;
+        let database_read_url = match settings.raw("WARREN_DATABASE_READ_URL") {
+            Some(url) => {
+                check_postgres_url("WARREN_DATABASE_READ_URL", &url)?;
+                SecretUrl::new(url)
+            }
+            None => database_url.clone(),
+        };
         Ok(Self {
             addr: settings.parse("WARREN_CONSUMER_ADDR", ([127, 0, 0, 1], 8082).into())?,
             database_url,
@@ -95,8 +114,8 @@ impl ConsumerConfig {
             topology: Topology::from_settings(settings)?,
             queue_limits: QueueLimits::from_settings(settings)?,
             batch: BatchSettings {
-                max_events: settings.bounded("WARREN_BATCH_MAX_EVENTS", 2_000, 1..=50_000)?,
-                max_wait: settings.millis("WARREN_BATCH_MAX_WAIT_MS", 50, 1..=60_000)?,
+                max_events: settings.bounded("WARREN_WRITE_BATCH_EVENTS", 2_000, 1..=50_000)?,
+                max_wait: settings.millis("WARREN_WRITE_BATCH_WAIT_MS", 50, 1..=60_000)?,
                 prefetch: settings.bounded("WARREN_PREFETCH", 200, 1..=u16::MAX)?,
             },
             max_backoff: settings.millis(
@@ -108,6 +127,8 @@ impl ConsumerConfig {
             write_delay: settings.millis("WARREN_TEST_WRITE_DELAY_MS", 0, 0..=60_000)?,
             auth: Auth::from_settings(settings)?,
             read_limit: RateLimiter::limit_from_settings(settings, "WARREN_READ", 1)?,
+            retry_after_secs: service_runtime::config::retry_after_secs(settings)?,
+            deprecations,
         })
     }
 }
@@ -118,7 +139,7 @@ fn check_postgres_url(name: &str, url: &str) -> Result<(), ConfigError> {
     } else {
         Err(ConfigError {
             name: name.into(),
-            value: shared_types::config::redact_url(url),
+            value: service_runtime::config::redact_url(url),
             reason: "must start with postgres:// or postgresql://".into(),
         })
     }
@@ -145,10 +166,21 @@ mod tests {
             config.database_url,
             "postgres://postgres@127.0.0.1:5432/warren"
         );
-        assert_eq!(config.database_read_url, config.database_url);
+        assert_eq!(
+            config.database_read_url,
+            "postgres://postgres@127.0.0.1:5432/warren"
+        );
         assert_eq!(config.topology.store_queue(), "warren.events.store");
         assert_eq!(config.batch.max_events, 2_000);
         assert_eq!(config.batch.max_wait, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn the_old_batch_variable_still_sets_the_write_batch_with_a_deprecation() {
+        let config = config(&[("WARREN_BATCH_MAX_EVENTS", "300")]).unwrap();
+        assert_eq!(config.batch.max_events, 300);
+        assert_eq!(config.deprecations.len(), 1);
+        assert!(config.deprecations[0].contains("WARREN_WRITE_BATCH_EVENTS"));
     }
 
     #[test]

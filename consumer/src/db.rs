@@ -133,14 +133,14 @@ pub async fn connect(url: &str) -> Result<AsyncPgConnection, DbError> {
     AsyncPgConnection::establish(url)
         .await
         .map_err(|source| DbError::Connect {
-            url: shared_types::config::redact_url(url),
+            url: service_runtime::config::redact_url(url),
             source,
         })
 }
 
 /// Splits `postgres://u@h:p/name?x` into (`postgres://u@h:p/postgres?x`, `name`).
 pub fn split_database(url: &str) -> Result<(String, String), DbError> {
-    let no_name = || DbError::NoDatabaseName(shared_types::config::redact_url(url));
+    let no_name = || DbError::NoDatabaseName(service_runtime::config::redact_url(url));
     let authority_start = url.find("://").ok_or_else(no_name)? + 3;
     let path_start = url[authority_start..]
         .find('/')
@@ -159,6 +159,21 @@ pub fn split_database(url: &str) -> Result<(String, String), DbError> {
         admin.push_str(query);
     }
     Ok((admin, path.to_owned()))
+}
+
+/// Whether the database answers a trivial query within a second.
+pub async fn database_answers(pool: &PgPool) -> bool {
+    let probe = async {
+        let mut connection = pool.get().await.ok()?;
+        diesel::sql_query("SELECT 1")
+            .execute(&mut connection)
+            .await
+            .ok()
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), probe).await,
+        Ok(Some(_))
+    )
 }
 
 #[cfg(test)]

@@ -13,13 +13,14 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
-use shared_types::auth::{Auth, AuthError, Scope};
-use shared_types::http_json;
-use shared_types::rate_limit::{Limited, RateLimiter};
+use service_runtime::auth::{Auth, AuthError, Scope};
+use service_runtime::http_json;
+use service_runtime::rate_limit::{Limited, RateLimiter};
 
+use crate::db::database_answers;
 use crate::db::PgPool;
 use crate::query::{self, params};
-use crate::worker::{database_answers, WorkerStatus};
+use crate::worker::WorkerStatus;
 
 /// The OpenAPI document for the public API, served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../openapi.json");
@@ -45,6 +46,10 @@ pub struct AppState {
     pub auth: Auth,
     /// Per-key token buckets for queries.
     pub limiter: RateLimiter,
+    /// `Retry-After` seconds on a 503.
+    pub retry_after_secs: u64,
+    /// The read pool's statement timeout, to tell a cancelled query from a failed one.
+    pub statement_timeout: std::time::Duration,
 }
 
 /// Why a read request failed. Mapped to HTTP in [`QueryError::into_response`] only.
@@ -79,11 +84,17 @@ pub enum QueryError {
     RateLimited(Limited),
 }
 
-impl From<diesel::result::Error> for QueryError {
-    fn from(error: diesel::result::Error) -> Self {
+impl QueryError {
+    /// Classifies a failed query. PostgreSQL reports a statement timeout as SQLSTATE 57014, but
+    /// diesel 2.3 and diesel-async 0.9 map only a fixed set of SQLSTATEs to
+    /// [`diesel::result::DatabaseErrorKind`] (57014 is not among them) and otherwise expose just
+    /// the message, which the server translates per `lc_messages`. So a timeout is recognised by
+    /// what does not depend on language: an unclassified database error raised once the statement
+    /// timeout had elapsed is the server cancelling the statement.
+    fn from_database(error: diesel::result::Error, timeout_elapsed: bool) -> Self {
         use diesel::result::{DatabaseErrorKind, Error};
         match &error {
-            Error::DatabaseError(_, info) if info.message().contains("statement timeout") => {
+            Error::DatabaseError(DatabaseErrorKind::Unknown, _) if timeout_elapsed => {
                 QueryError::Timeout
             }
             Error::DatabaseError(
@@ -97,7 +108,7 @@ impl From<diesel::result::Error> for QueryError {
 
 impl QueryError {
     /// The response in the shared error shape; 503s carry `Retry-After`.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub fn into_response(self, retry_after_secs: u64) -> Response<Full<Bytes>> {
         let (status, code, message) = match &self {
             QueryError::Param(error) => (
                 StatusCode::BAD_REQUEST,
@@ -155,7 +166,7 @@ impl QueryError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         let extra = http_json::extra_headers(
             match &self {
@@ -196,7 +207,7 @@ pub async fn handle(
             if matches!(error, QueryError::Database(_) | QueryError::Unavailable(_)) {
                 tracing::warn!(%error, route, "query failed");
             }
-            error.into_response()
+            error.into_response(state.retry_after_secs)
         }
     };
     let status = response.status().as_u16().to_string();
@@ -250,28 +261,42 @@ async fn dispatch(
             metrics::gauge!("warren_consumer_db_pool_connections_in_use", "pool" => "read").set(
                 state.read_pool.status().size as f64 - state.read_pool.status().available as f64,
             );
-            Ok(shared_types::metrics::response())
+            Ok(service_runtime::metrics::response())
         }
         "/v1/openapi.json" => Ok(http_json::static_json(OPENAPI)),
         "/v1/events" => {
             let query = params::list_query(query)?;
-            let page = query::list_events(&mut *connection(state).await?, &query).await?;
+            let mut connection = connection(state).await?;
+            let page = timed(state, query::list_events(&mut connection, &query)).await?;
             Ok(http_json::json(StatusCode::OK, &page))
         }
         "/v1/events/lookup" => {
             let query = params::lookup_query(query)?;
-            let event = query::lookup_event(&mut *connection(state).await?, &query)
+            let mut connection = connection(state).await?;
+            let event = timed(state, query::lookup_event(&mut connection, &query))
                 .await?
                 .ok_or(QueryError::NotFound)?;
             Ok(http_json::json(StatusCode::OK, &event))
         }
         "/v1/stats/counts" => {
             let query = params::counts_query(query, Utc::now())?;
-            let counts = query::count_events(&mut *connection(state).await?, &query).await?;
+            let mut connection = connection(state).await?;
+            let counts = timed(state, query::count_events(&mut connection, &query)).await?;
             Ok(http_json::json(StatusCode::OK, &counts))
         }
         _ => Err(QueryError::NoRoute),
     }
+}
+
+/// Runs one read query and classifies its failure; see [`QueryError::from_database`].
+async fn timed<T>(
+    state: &AppState,
+    query: impl std::future::Future<Output = diesel::QueryResult<T>>,
+) -> Result<T, QueryError> {
+    let started = Instant::now();
+    query.await.map_err(|error| {
+        QueryError::from_database(error, started.elapsed() >= state.statement_timeout)
+    })
 }
 
 async fn connection(

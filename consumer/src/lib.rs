@@ -7,7 +7,6 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod dead_letter;
-pub mod dlq;
 pub mod http;
 pub mod query;
 pub mod schema;
@@ -17,7 +16,7 @@ pub mod worker;
 use std::future::Future;
 use std::sync::Arc;
 
-use shared_types::backoff::backoff;
+use service_runtime::backoff::backoff;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -36,14 +35,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), DbError> {
     // Before any task records: a metric recorded earlier would go to no recorder.
-    shared_types::metrics::install();
+    service_runtime::metrics::install();
+    for notice in &config.deprecations {
+        tracing::warn!(%notice, "deprecated setting");
+    }
     let cancel = CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
     let mut failures = 0;
     loop {
         tokio::select! {
             () = &mut shutdown => return Ok(()),
-            migrated = db::migrate(&config.database_url) => match migrated {
+            migrated = db::migrate(config.database_url.expose()) => match migrated {
                 Ok(_) => break,
                 Err(error) => {
                     failures += 1;
@@ -54,13 +56,13 @@ pub async fn run(
         }
     }
     let write_pool = db::pool(
-        &config.database_url,
+        config.database_url.expose(),
         config.pool_size,
         config.pool_timeout,
         config.write_timeout,
     )?;
     let read_pool = db::pool(
-        &config.database_read_url,
+        config.database_read_url.expose(),
         config.pool_size,
         config.pool_timeout,
         config.statement_timeout,
@@ -80,13 +82,15 @@ pub async fn run(
         read_pool: read_pool.clone(),
         worker: status,
         auth: config.auth.clone(),
-        limiter: shared_types::rate_limit::RateLimiter::new(config.read_limit),
+        limiter: service_runtime::rate_limit::RateLimiter::new(config.read_limit),
+        retry_after_secs: config.retry_after_secs,
+        statement_timeout: config.statement_timeout,
     });
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "consumer listening");
     }
     let stop_worker = cancel.clone();
-    shared_types::server::serve(
+    service_runtime::server::serve(
         listener,
         move |request, peer| http::handle(Arc::clone(&state), request, peer),
         config.server,

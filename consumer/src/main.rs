@@ -1,22 +1,25 @@
 //! The `consumer` binary: `consumer` runs the worker and read API; `consumer migrate` applies
 //! migrations; `consumer dlq list|replay` handles dead letters; `consumer healthcheck` probes a
-//! running one.
+//! running one; `consumer teardown` removes a prefix's queues and exchanges.
 
 use anyhow::Context;
 use consumer::ConsumerConfig;
-use shared_types::shutdown::shutdown_signal;
+use service_runtime::shutdown::shutdown_signal;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("migrate") {
-        let settings = shared_types::config::Settings::from_env();
+        let settings = service_runtime::config::Settings::from_env();
         let database_url =
             ConsumerConfig::database_url(&settings).context("invalid configuration")?;
-        shared_types::telemetry::init("info")?;
-        let applied = consumer::db::migrate(&database_url).await?;
+        service_runtime::telemetry::init("info")?;
+        let applied = consumer::db::migrate(database_url.expose()).await?;
         println!("migrations applied: {applied}");
         return Ok(());
+    }
+    if args.first().map(String::as_str) == Some("teardown") {
+        return consumer::cli::run_teardown(&args[1..]).await;
     }
     let config = ConsumerConfig::from_env().context("invalid configuration")?;
     match args.first().map(String::as_str) {
@@ -25,12 +28,12 @@ async fn main() -> anyhow::Result<()> {
             let command = consumer::cli::parse_dlq(&args[1..])?;
             return consumer::cli::run_dlq(&config, command).await;
         }
-        Some("healthcheck") => return shared_types::healthcheck::probe(config.addr).await,
+        Some("healthcheck") => return service_runtime::healthcheck::probe(config.addr).await,
         Some(other) => anyhow::bail!(
-            "unknown subcommand {other:?}; usage: consumer [serve|migrate|dlq|healthcheck]"
+            "unknown subcommand {other:?}; usage: consumer [serve|migrate|dlq|healthcheck|teardown]"
         ),
     }
-    shared_types::telemetry::init("info,lapin=warn")?;
+    service_runtime::telemetry::init("info,lapin=warn")?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("cannot listen on {} (WARREN_CONSUMER_ADDR)", config.addr))?;

@@ -6,9 +6,11 @@
 
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, Jsonb, Nullable, Text, Timestamptz};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::Value;
-use shared_types::{Envelope, EventData};
+use shared_types::{EventData, RequestPart};
+
+use crate::db::PgPool;
 
 const INSERT: &str = "\
 INSERT INTO events (id, source, type, subject, time, datacontenttype, dataschema, data, \
@@ -35,15 +37,15 @@ struct Columns {
     received_at: Vec<DateTime<Utc>>,
 }
 
-/// Inserts every event of `envelopes`; returns how many rows were new (the rest were
+/// Inserts every event of `parts`; returns how many rows were new (the rest were
 /// duplicates of stored events and were skipped).
 pub async fn insert_events(
     connection: &mut AsyncPgConnection,
-    envelopes: &[&Envelope],
+    parts: &[&RequestPart],
 ) -> diesel::QueryResult<usize> {
     let mut columns = Columns::default();
-    for envelope in envelopes {
-        for event in &envelope.events {
+    for part in parts {
+        for event in &part.events {
             columns.id.push(event.id.clone());
             columns.source.push(event.source.clone());
             columns.event_type.push(event.event_type.clone());
@@ -65,8 +67,8 @@ pub async fn insert_events(
                     .map(|(name, value)| (name.clone(), value.clone()))
                     .collect(),
             ));
-            columns.request_id.push(Some(envelope.request_id.clone()));
-            columns.received_at.push(envelope.received_at);
+            columns.request_id.push(Some(part.request_id.clone()));
+            columns.received_at.push(part.received_at);
         }
     }
     if columns.id.is_empty() {
@@ -87,4 +89,27 @@ pub async fn insert_events(
         .bind::<Array<Timestamptz>, _>(columns.received_at)
         .execute(connection)
         .await
+}
+
+/// Why a write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// No pooled connection.
+    #[error("no database connection: {0}")]
+    Pool(String),
+    /// The statement or the commit failed.
+    #[error("{0}")]
+    Query(#[from] diesel::result::Error),
+}
+
+/// One transaction for all `parts`; returns the number of new rows.
+pub async fn write(pool: &PgPool, parts: &[&RequestPart]) -> Result<usize, WriteError> {
+    let mut connection = pool
+        .get()
+        .await
+        .map_err(|error| WriteError::Pool(error.to_string()))?;
+    let inserted = connection
+        .transaction(async |connection| insert_events(connection, parts).await)
+        .await?;
+    Ok(inserted)
 }

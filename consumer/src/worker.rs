@@ -8,21 +8,19 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use diesel_async::{AsyncConnection, RunQueryDsl};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, LongString};
 use lapin::{Connection, ConnectionProperties};
-use shared_types::backoff::backoff;
-use shared_types::envelope::Message;
-use shared_types::Envelope;
+use service_runtime::backoff::backoff;
+use shared_types::envelope::Envelope;
+use shared_types::RequestPart;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, Pending};
 use crate::config::ConsumerConfig;
-use crate::db::PgPool;
+use crate::db::{self, PgPool};
 use crate::dead_letter::{DeadLetterError, DeadLetters};
 use crate::store;
 
@@ -45,7 +43,7 @@ enum SessionError {
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
     #[error("broker setup: {0}")]
-    Setup(#[from] shared_types::topology::SetupError),
+    Setup(#[from] service_runtime::topology::SetupError),
     #[error("the broker cancelled the subscription or closed the channel")]
     SubscriptionEnded,
     #[error("the database went away while a batch was being split")]
@@ -88,12 +86,27 @@ async fn session(
 ) -> Result<(), SessionError> {
     let properties =
         ConnectionProperties::default().with_connection_name(LongString::from("warren-consumer"));
-    let connection = Connection::connect(&config.amqp_url, properties).await?;
+    let connection = Connection::connect(config.amqp_url.expose(), properties).await?;
     config
         .topology
         .declare(&connection, config.queue_limits)
         .await?;
-    let dead_letters = DeadLetters::open(&connection, &config.topology).await?;
+    let dead_letters = DeadLetters::open(&config.amqp_url, &config.topology).await?;
+    let result = consume(config, pool, status, cancel, &connection, &dead_letters).await;
+    dead_letters.close().await;
+    let _ = connection.close(200, "consumer session ended".into()).await;
+    result
+}
+
+/// Takes deliveries into batches and writes them until `cancel` fires or the broker fails.
+async fn consume(
+    config: &ConsumerConfig,
+    pool: &PgPool,
+    status: &WorkerStatus,
+    cancel: &CancellationToken,
+    connection: &Connection,
+    dead_letters: &DeadLetters,
+) -> Result<(), SessionError> {
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(config.batch.prefetch, BasicQosOptions::default())
@@ -124,12 +137,11 @@ async fn session(
                 let _ = channel
                     .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                     .await;
-                flush(config, pool, &dead_letters, &mut batch, cancel).await?;
-                let _ = connection.close(200, "consumer shutting down".into()).await;
+                flush(config, pool, dead_letters, &mut batch, cancel).await?;
                 return Ok(());
             }
             () = sleep_until(deadline) => {
-                flush(config, pool, &dead_letters, &mut batch, cancel).await?;
+                flush(config, pool, dead_letters, &mut batch, cancel).await?;
             }
             delivery = deliveries.next() => {
                 let delivery = match delivery {
@@ -138,17 +150,17 @@ async fn session(
                     None => return Err(SessionError::SubscriptionEnded),
                 };
                 metrics::counter!("warren_consumer_deliveries_total").increment(1);
-                match Message::decode(&delivery.data) {
-                    Ok(message) => {
+                match Envelope::decode(&delivery.data) {
+                    Ok(envelope) => {
                         batch.push(Pending {
                             acker: delivery.acker,
                             delivery_tag: delivery.delivery_tag,
-                            message,
+                            envelope,
                             routing_key: delivery.routing_key.to_string(),
                             properties: delivery.properties,
                         });
                         if batch.is_full() {
-                            flush(config, pool, &dead_letters, &mut batch, cancel).await?;
+                            flush(config, pool, dead_letters, &mut batch, cancel).await?;
                         }
                     }
                     Err(error) => {
@@ -201,8 +213,8 @@ async fn flush(
     let started = tokio::time::Instant::now();
     let mut failures = 0u32;
     loop {
-        let envelopes: Vec<&Envelope> = items.iter().flat_map(|p| &p.message.parts).collect();
-        match write(pool, &envelopes).await {
+        let parts: Vec<&RequestPart> = items.iter().flat_map(|p| &p.envelope.parts).collect();
+        match store::write(pool, &parts).await {
             Ok(inserted) => {
                 let write_seconds = started.elapsed().as_secs_f64();
                 if let Some(last) = items.iter().max_by_key(|p| p.delivery_tag) {
@@ -211,7 +223,7 @@ async fn flush(
                 record_batch(pool, &items, events, inserted, write_seconds);
                 let request_ids: Vec<&str> = items
                     .iter()
-                    .flat_map(|p| &p.message.parts)
+                    .flat_map(|p| &p.envelope.parts)
                     .map(|part| part.request_id.as_str())
                     .take(LOGGED_REQUEST_IDS)
                     .collect();
@@ -228,8 +240,10 @@ async fn flush(
             }
             Err(error) => {
                 failures += 1;
+                metrics::counter!("warren_consumer_write_failures_total", "queue" => config.topology.store_queue())
+                    .increment(1);
                 tracing::warn!(%error, failures, events, "batch write failed; holding its deliveries");
-                if failures >= ATTEMPTS_BEFORE_ISOLATING && database_answers(pool).await {
+                if failures >= ATTEMPTS_BEFORE_ISOLATING && db::database_answers(pool).await {
                     return isolate(pool, dead_letters, items).await;
                 }
             }
@@ -256,7 +270,7 @@ fn record_batch(pool: &PgPool, items: &[Pending], events: usize, inserted: usize
     metrics::gauge!("warren_consumer_db_pool_connections_in_use", "pool" => "write")
         .set(status.size as f64 - status.available as f64);
     let now = chrono::Utc::now();
-    for part in items.iter().flat_map(|p| &p.message.parts) {
+    for part in items.iter().flat_map(|p| &p.envelope.parts) {
         let lag = (now - part.received_at).num_microseconds().unwrap_or(0);
         metrics::histogram!("warren_consumer_end_to_end_lag_seconds").record(lag as f64 / 1e6);
     }
@@ -271,28 +285,28 @@ async fn isolate(
     items: Vec<Pending>,
 ) -> Result<(), SessionError> {
     for pending in items {
-        let parts: Vec<&Envelope> = pending.message.parts.iter().collect();
-        if write(pool, &parts).await.is_ok() {
+        let parts: Vec<&RequestPart> = pending.envelope.parts.iter().collect();
+        if store::write(pool, &parts).await.is_ok() {
             pending.acker.ack(BasicAckOptions::default()).await?;
             metrics::counter!("warren_consumer_acks_total").increment(1);
             continue;
         }
-        if !database_answers(pool).await {
+        if !db::database_answers(pool).await {
             // Leave this and the rest unacknowledged: the broker redelivers them.
             return Err(SessionError::DatabaseLost);
         }
         let mut refused_parts = Vec::new();
         let mut reason = String::new();
-        for part in &pending.message.parts {
+        for part in &pending.envelope.parts {
             let mut refused = Vec::new();
             for event in &part.events {
-                let single = Envelope::new(
+                let single = RequestPart::new(
                     part.request_id.clone(),
                     part.received_at,
                     vec![event.clone()],
                 );
-                if let Err(error) = write(pool, &[&single]).await {
-                    if !database_answers(pool).await {
+                if let Err(error) = store::write(pool, &[&single]).await {
+                    if !db::database_answers(pool).await {
                         return Err(SessionError::DatabaseLost);
                     }
                     if reason.is_empty() {
@@ -309,7 +323,7 @@ async fn isolate(
                     %reason,
                     "dead-lettering events the database refuses"
                 );
-                refused_parts.push(Envelope::new(
+                refused_parts.push(RequestPart::new(
                     part.request_id.clone(),
                     part.received_at,
                     refused,
@@ -317,7 +331,7 @@ async fn isolate(
             }
         }
         if !refused_parts.is_empty() {
-            let dead = Message::new(refused_parts);
+            let dead = Envelope::new(refused_parts);
             let properties = pending
                 .properties
                 .clone()
@@ -329,42 +343,4 @@ async fn isolate(
         pending.acker.ack(BasicAckOptions::default()).await?;
     }
     Ok(())
-}
-
-/// Why a write failed.
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    /// No pooled connection.
-    #[error("no database connection: {0}")]
-    Pool(String),
-    /// The statement or the commit failed.
-    #[error("{0}")]
-    Query(#[from] diesel::result::Error),
-}
-
-/// One transaction for all `envelopes`; returns the number of new rows.
-pub async fn write(pool: &PgPool, envelopes: &[&Envelope]) -> Result<usize, WriteError> {
-    let mut connection = pool
-        .get()
-        .await
-        .map_err(|error| WriteError::Pool(error.to_string()))?;
-    let inserted = connection
-        .transaction(async |connection| store::insert_events(connection, envelopes).await)
-        .await?;
-    Ok(inserted)
-}
-
-/// Whether the database answers a trivial query within a second.
-pub async fn database_answers(pool: &PgPool) -> bool {
-    let probe = async {
-        let mut connection = pool.get().await.ok()?;
-        diesel::sql_query("SELECT 1")
-            .execute(&mut connection)
-            .await
-            .ok()
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), probe).await,
-        Ok(Some(_))
-    )
 }

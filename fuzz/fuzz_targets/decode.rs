@@ -38,7 +38,7 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     assert!(!events.is_empty() && events.len() <= limits.max_batch_events);
-    let envelope = Envelope::new("fuzz".into(), chrono::Utc::now(), events);
-    let decoded = Envelope::decode(&envelope.encode()).expect("an accepted event must decode");
-    assert_eq!(decoded.events, envelope.events);
+    let envelope = Envelope::single("fuzz".into(), chrono::Utc::now(), events.clone());
+    let decoded = Envelope::decode_single(&envelope.encode()).expect("an accepted event must decode");
+    assert_eq!(decoded.events, events);
 });

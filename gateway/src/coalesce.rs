@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shared_types::envelope::Message;
-use shared_types::Envelope;
+use shared_types::envelope::Envelope;
+use shared_types::RequestPart;
 use tokio::sync::oneshot;
 
 use crate::publish::{EventPublisher, OutgoingMessage, PublishError};
@@ -65,7 +65,7 @@ struct Groups {
 /// Requests waiting for the same message.
 struct Group {
     generation: u64,
-    parts: Vec<Envelope>,
+    parts: Vec<RequestPart>,
     events: usize,
     waiters: Vec<oneshot::Sender<Result<(), PublishError>>>,
 }
@@ -84,7 +84,11 @@ impl<P: EventPublisher + Clone> Coalescer<P> {
 
     /// Publishes `part` (one request's events, all of type `routing_key`) in a shared message;
     /// returns once that message was confirmed, or with the error that ended it.
-    pub async fn publish(&self, routing_key: String, part: Envelope) -> Result<(), PublishError> {
+    pub async fn publish(
+        &self,
+        routing_key: String,
+        part: RequestPart,
+    ) -> Result<(), PublishError> {
         let (done, outcome) = oneshot::channel();
         let full = {
             let mut groups = self
@@ -150,7 +154,7 @@ impl<P: EventPublisher + Clone> Coalescer<P> {
             .first()
             .map(|part| part.request_id.clone())
             .unwrap_or_default();
-        let message = Message::new(group.parts);
+        let message = Envelope::new(group.parts);
         let outgoing = OutgoingMessage {
             body: message.encode(),
             content_type: message.content_type(),
@@ -175,7 +179,7 @@ mod tests {
     use super::*;
     use crate::publish::MemoryPublisher;
 
-    fn part(request: usize, event_type: &str) -> Envelope {
+    fn part(request: usize, event_type: &str) -> RequestPart {
         let event = Event {
             id: format!("evt-{request}"),
             source: "/coalesce-test".into(),
@@ -187,7 +191,7 @@ mod tests {
             data: None,
             extensions: Default::default(),
         };
-        Envelope::new(format!("req-{request}"), Utc::now(), vec![event])
+        RequestPart::new(format!("req-{request}"), Utc::now(), vec![event])
     }
 
     fn coalescer(max_events: usize) -> (Coalescer<MemoryPublisher>, MemoryPublisher) {
@@ -199,12 +203,12 @@ mod tests {
         (Coalescer::new(publisher.clone(), settings), publisher)
     }
 
-    fn decoded(publisher: &MemoryPublisher) -> Vec<(String, Message)> {
+    fn decoded(publisher: &MemoryPublisher) -> Vec<(String, Envelope)> {
         publisher
             .published()
             .into_iter()
             .map(|m| {
-                let message = Message::decode(&m.body).unwrap();
+                let message = Envelope::decode(&m.body).unwrap();
                 assert_eq!(m.content_type, message.content_type());
                 (m.routing_key, message)
             })

@@ -3,11 +3,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shared_types::auth::Auth;
-use shared_types::config::{amqp_url, ConfigError, Settings};
-use shared_types::rate_limit::{Limit, RateLimiter};
-use shared_types::server::ServerSettings;
-use shared_types::topology::{QueueLimits, Topology};
+use service_runtime::auth::Auth;
+use service_runtime::config::{amqp_url, ConfigError, Settings};
+use service_runtime::rate_limit::{Limit, RateLimiter};
+use service_runtime::server::ServerSettings;
+use service_runtime::topology::{QueueLimits, Topology};
 use shared_types::Limits;
 
 use crate::coalesce::CoalesceSettings;
@@ -51,7 +51,7 @@ impl GatewayConfig {
             broker,
             server: ServerSettings::from_settings(settings)?,
             body_timeout: settings.millis("WARREN_BODY_TIMEOUT_MS", 30_000, 100..=600_000)?,
-            retry_after_secs: settings.bounded("WARREN_RETRY_AFTER_SECS", 1, 1..=3600)?,
+            retry_after_secs: service_runtime::config::retry_after_secs(settings)?,
             auth: Auth::from_settings(settings)?,
             ingest_limit: RateLimiter::limit_from_settings(
                 settings,

@@ -8,6 +8,7 @@
 pub mod coalesce;
 pub mod config;
 pub mod decode;
+pub mod dispatch;
 pub mod http;
 pub mod publish;
 pub mod request_id;
@@ -32,7 +33,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     // Before the broker task starts: a gauge it sets earlier would go to no recorder.
-    shared_types::metrics::install();
+    service_runtime::metrics::install();
     let cancel = CancellationToken::new();
     let (publisher, supervisor) = BrokerPublisher::start(config.broker.clone(), cancel.clone());
     serve_with(listener, config, publisher, shutdown).await;
@@ -52,14 +53,13 @@ pub async fn serve_with<P: EventPublisher>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> bool {
     let settings = config.server;
-    shared_types::metrics::install();
+    service_runtime::metrics::install();
     if !config.auth.is_on() {
         tracing::warn!("WARREN_AUTH=off: anyone who reaches the gateway may ingest events");
     }
     let state = Arc::new(AppState {
-        limiter: shared_types::rate_limit::RateLimiter::new(config.ingest_limit),
-        coalescer: coalesce::Coalescer::new(publisher.clone(), config.coalesce),
-        publisher,
+        limiter: service_runtime::rate_limit::RateLimiter::new(config.ingest_limit),
+        dispatcher: dispatch::Dispatcher::new(publisher, config.coalesce),
         config,
         draining: AtomicBool::new(false),
     });
@@ -71,7 +71,7 @@ pub async fn serve_with<P: EventPublisher>(
         shutdown.await;
         draining.draining.store(true, Ordering::Release);
     };
-    shared_types::server::serve(
+    service_runtime::server::serve(
         listener,
         move |request, peer| http::handle(Arc::clone(&state), request, peer),
         settings,

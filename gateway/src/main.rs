@@ -3,8 +3,8 @@
 
 use anyhow::Context;
 use gateway::GatewayConfig;
-use shared_types::auth::{generate_key, Scope};
-use shared_types::shutdown::shutdown_signal;
+use service_runtime::auth::{generate_key, Scope};
+use service_runtime::shutdown::shutdown_signal;
 
 const USAGE: &str = "usage: gateway [serve | healthcheck | keygen --scope ingest|read]";
 
@@ -29,10 +29,10 @@ async fn main() -> anyhow::Result<()> {
     let config = GatewayConfig::from_env().context("invalid configuration")?;
     match args.first().map(String::as_str) {
         None | Some("serve") => {}
-        Some("healthcheck") => return shared_types::healthcheck::probe(config.addr).await,
+        Some("healthcheck") => return service_runtime::healthcheck::probe(config.addr).await,
         Some(other) => anyhow::bail!("unknown subcommand {other:?}; {USAGE}"),
     }
-    shared_types::telemetry::init("info,lapin=warn,lapin::returned_messages=error")?;
+    service_runtime::telemetry::init("info,lapin=warn,lapin::returned_messages=error")?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("cannot listen on {} (WARREN_GATEWAY_ADDR)", config.addr))?;

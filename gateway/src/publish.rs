@@ -16,9 +16,10 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use shared_types::backoff::backoff;
+use service_runtime::backoff::backoff;
+use service_runtime::config::SecretUrl;
+use service_runtime::topology::{QueueLimits, Topology};
 use shared_types::envelope::REQUEST_ID_HEADER;
-use shared_types::topology::{QueueLimits, Topology};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -79,7 +80,7 @@ pub trait EventPublisher: Clone + Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct BrokerSettings {
     /// AMQP URL (may hold a password: never logged unredacted).
-    pub url: String,
+    pub url: SecretUrl,
     /// Names of the exchange and queues.
     pub topology: Topology,
     /// Store-queue arguments, applied only when the queue is first created.
@@ -250,7 +251,7 @@ impl Drop for InFlight {
 
 async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
     let settings = &shared.settings;
-    let redacted = shared_types::config::redact_url(&settings.url);
+    let redacted = settings.url.redacted();
     let mut failures: u32 = 0;
     while !cancel.is_cancelled() {
         match connect(settings).await {
@@ -292,14 +293,14 @@ async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
     }
 }
 
-async fn connect(settings: &BrokerSettings) -> Result<Live, shared_types::topology::SetupError> {
-    shared_types::topology::with_setup_timeout(connect_inner(settings)).await
+async fn connect(settings: &BrokerSettings) -> Result<Live, service_runtime::topology::SetupError> {
+    service_runtime::topology::with_setup_timeout(connect_inner(settings)).await
 }
 
 async fn connect_inner(settings: &BrokerSettings) -> Result<Live, lapin::Error> {
     let properties = ConnectionProperties::default()
         .with_connection_name(LongString::from("warren-gateway-publish"));
-    let connection = Connection::connect(&settings.url, properties).await?;
+    let connection = Connection::connect(settings.url.expose(), properties).await?;
     settings
         .topology
         .declare(&connection, settings.queue_limits)

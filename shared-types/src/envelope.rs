@@ -3,7 +3,8 @@
 //! The envelope is versioned (`"v"`) so a consumer can refuse a format it does not understand
 //! instead of storing garbage; `tests/fixtures/envelope_v1.json` pins version 1 byte for byte.
 //!
-//! Version 1 carries the events of one request. Version 2 ([`Message`]) carries several requests'
+//! An [`Envelope`] is the whole message body; it holds one [`RequestPart`] per request whose events
+//! it carries. Version 1 carries the events of one request. Version 2 carries several requests'
 //! events, each part with its own request id and receive time: the gateway writes it only when it
 //! coalesced concurrent single-event requests, and writes version 1 otherwise, so consumers that
 //! read only version 1 keep working for batch traffic during a rolling upgrade.
@@ -28,12 +29,11 @@ pub const COALESCED_CONTENT_TYPE: &str = "application/vnd.warren.envelope.v2+jso
 /// AMQP header carrying the gateway's request id, so logs can follow one request end to end.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// One AMQP message: one or more events of one request (or of coalesced requests) with one type.
+/// One request's events inside an envelope, with the id and receive time the gateway gave that
+/// request. Redeliveries carry the original `received_at`, so storage keys stay stable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Envelope {
-    /// Format version; see [`ENVELOPE_VERSION`].
-    pub v: u32,
+pub struct RequestPart {
     /// The request id the gateway assigned or received from nginx.
     pub request_id: String,
     /// When the gateway accepted the request.
@@ -49,7 +49,7 @@ pub enum EnvelopeError {
     #[error("malformed envelope: {0}")]
     Malformed(#[from] serde_json::Error),
     /// Written by a newer (or older) gateway than this consumer understands.
-    #[error("unsupported envelope version {0}; this build reads version {ENVELOPE_VERSION}")]
+    #[error("unsupported envelope version {0}; this build reads versions {ENVELOPE_VERSION} and {COALESCED_VERSION}")]
     UnsupportedVersion(u32),
     /// An envelope must carry at least one event.
     #[error("the envelope carries no events")]
@@ -57,44 +57,29 @@ pub enum EnvelopeError {
     /// The fields present do not match the version (e.g. `parts` in a version 1 envelope).
     #[error("malformed envelope: {0}")]
     Shape(&'static str),
+    /// A reader that wants one request's events got a coalesced (version 2) envelope.
+    #[error("expected a version {ENVELOPE_VERSION} envelope, got version {0}")]
+    NotSingle(u32),
 }
 
-impl Envelope {
-    /// A current-version envelope.
+impl RequestPart {
+    /// One request's events.
     pub fn new(request_id: String, received_at: DateTime<Utc>, events: Vec<Event>) -> Self {
         Self {
-            v: ENVELOPE_VERSION,
             request_id,
             received_at,
             events,
-        }
-    }
-
-    /// The message body.
-    pub fn encode(&self) -> Vec<u8> {
-        // Serializing owned strings, numbers and JSON values into memory cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-
-    /// Reads a version 1 message body, checking every event.
-    pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
-        match Message::decode(bytes)? {
-            Message {
-                parts,
-                version: ENVELOPE_VERSION,
-            } => parts.into_iter().next().ok_or(EnvelopeError::Empty),
-            Message { version, .. } => Err(EnvelopeError::UnsupportedVersion(version)),
         }
     }
 }
 
 /// The body of one AMQP message: one part per request whose events it carries.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Message {
+pub struct Envelope {
     /// The format it was read in or will be written in: 1 for one part, 2 for more.
     pub version: u32,
     /// Each request's events, with the request's id and receive time.
-    pub parts: Vec<Envelope>,
+    pub parts: Vec<RequestPart>,
 }
 
 /// What goes on the wire; one struct for both versions so a body is parsed once.
@@ -124,6 +109,15 @@ struct Part {
     events: Vec<Event>,
 }
 
+/// Version 1 as written: one request's fields at the top level, in the golden fixture's order.
+#[derive(Serialize)]
+struct SingleRef<'a> {
+    v: u32,
+    request_id: &'a str,
+    received_at: DateTime<Utc>,
+    events: &'a [Event],
+}
+
 /// Borrowed form of [`Part`], so encoding does not clone events.
 #[derive(Serialize)]
 struct PartRef<'a> {
@@ -132,9 +126,9 @@ struct PartRef<'a> {
     events: &'a [Event],
 }
 
-impl Message {
-    /// A message for `parts`: version 1 when there is one, version 2 when there are more.
-    pub fn new(parts: Vec<Envelope>) -> Self {
+impl Envelope {
+    /// An envelope for `parts`: version 1 when there is one, version 2 when there are more.
+    pub fn new(parts: Vec<RequestPart>) -> Self {
         let version = if parts.len() == 1 {
             ENVELOPE_VERSION
         } else {
@@ -143,7 +137,12 @@ impl Message {
         Self { version, parts }
     }
 
-    /// The AMQP `content_type` for this message's version.
+    /// An envelope for one request's events (always version 1).
+    pub fn single(request_id: String, received_at: DateTime<Utc>, events: Vec<Event>) -> Self {
+        Self::new(vec![RequestPart::new(request_id, received_at, events)])
+    }
+
+    /// The AMQP `content_type` for this envelope's version.
     pub fn content_type(&self) -> &'static str {
         if self.version == COALESCED_VERSION {
             COALESCED_CONTENT_TYPE
@@ -155,7 +154,16 @@ impl Message {
     /// The message body.
     pub fn encode(&self) -> Vec<u8> {
         match (self.version, self.parts.as_slice()) {
-            (ENVELOPE_VERSION, [only]) => only.encode(),
+            (ENVELOPE_VERSION, [only]) => {
+                let wire = SingleRef {
+                    v: ENVELOPE_VERSION,
+                    request_id: &only.request_id,
+                    received_at: only.received_at,
+                    events: &only.events,
+                };
+                // Serializing owned strings, numbers and JSON values into memory cannot fail.
+                serde_json::to_vec(&wire).unwrap_or_default()
+            }
             _ => {
                 let wire: Wire<PartRef<'_>> = Wire {
                     v: COALESCED_VERSION,
@@ -180,7 +188,7 @@ impl Message {
     }
 
     /// Reads a body of either version, checking the version's shape and every event.
-    pub fn decode(bytes: &[u8]) -> Result<Message, EnvelopeError> {
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
         #[derive(Deserialize)]
         struct VersionOnly {
             v: u32,
@@ -204,7 +212,7 @@ impl Message {
                 received_at: Some(received_at),
                 events: Some(events),
                 parts: None,
-            } => vec![Envelope::new(request_id, received_at, events)],
+            } => vec![RequestPart::new(request_id, received_at, events)],
             Wire {
                 v: ENVELOPE_VERSION,
                 ..
@@ -221,7 +229,7 @@ impl Message {
                 parts: Some(parts),
             } => parts
                 .into_iter()
-                .map(|part| Envelope::new(part.request_id, part.received_at, part.events))
+                .map(|part| RequestPart::new(part.request_id, part.received_at, part.events))
                 .collect(),
             Wire {
                 v: COALESCED_VERSION,
@@ -236,7 +244,21 @@ impl Message {
         if parts.is_empty() || parts.iter().any(|part| part.events.is_empty()) {
             return Err(EnvelopeError::Empty);
         }
-        Ok(Message { version, parts })
+        Ok(Envelope { version, parts })
+    }
+
+    /// Reads an envelope that must carry exactly one request's events (version 1): what tools
+    /// and tests that published one request expect back.
+    pub fn decode_single(bytes: &[u8]) -> Result<RequestPart, EnvelopeError> {
+        let envelope = Envelope::decode(bytes)?;
+        match (envelope.version, envelope.parts.len()) {
+            (ENVELOPE_VERSION, 1) => envelope
+                .parts
+                .into_iter()
+                .next()
+                .ok_or(EnvelopeError::Empty),
+            (version, _) => Err(EnvelopeError::NotSingle(version)),
+        }
     }
 
     /// Events in all parts.

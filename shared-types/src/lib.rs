@@ -1,29 +1,20 @@
-//! The contract both Warren services share.
+//! The wire contract both Warren services share.
 //!
 //! Everything that crosses a process boundary is defined here once: what a valid CloudEvent is
-//! ([`event`]), how validation failures are reported ([`problem`]), the versioned message that goes
-//! on the queue ([`envelope`]), and the broker names and arguments ([`topology`]). The gateway and
-//! the consumer use only this crate for them, so they cannot drift apart.
+//! ([`event`]), the strict JSON reader it is parsed with ([`json`]), the bounds on it ([`limits`]),
+//! how validation failures are reported ([`problem`]), and the versioned envelope that goes on the
+//! queue ([`envelope`]). The gateway and the consumer use only this crate for them, so they cannot
+//! drift apart. What the services run on (HTTP server, broker topology, metrics) lives in
+//! `service-runtime`, so this crate depends on serde, chrono, base64 and URI parsing only.
 #![forbid(unsafe_code)]
 
-pub mod auth;
-pub mod backoff;
-pub mod config;
 pub mod envelope;
 pub mod event;
-pub mod healthcheck;
-pub mod http_json;
 pub mod json;
 pub mod limits;
-pub mod metrics;
 pub mod problem;
-pub mod rate_limit;
-pub mod server;
-pub mod shutdown;
-pub mod telemetry;
-pub mod topology;
 
-pub use envelope::{Envelope, EnvelopeError};
+pub use envelope::{Envelope, EnvelopeError, RequestPart};
 pub use event::{Event, EventData};
 pub use limits::Limits;
 pub use problem::{ErrorCode, Problem};

@@ -7,7 +7,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use shared_types::envelope::{
-    Envelope, EnvelopeError, Message, COALESCED_CONTENT_TYPE, CONTENT_TYPE,
+    Envelope, EnvelopeError, RequestPart, COALESCED_CONTENT_TYPE, CONTENT_TYPE,
 };
 use shared_types::event::{Event, EventData, Validation};
 use shared_types::Limits;
@@ -15,7 +15,8 @@ use shared_types::Limits;
 const GOLDEN: &str = include_str!("fixtures/envelope_v1.json");
 const GOLDEN_V2: &str = include_str!("fixtures/envelope_v2.json");
 
-fn golden_envelope() -> Envelope {
+/// The request part of the version 1 fixture.
+fn golden_part() -> RequestPart {
     let event = |id: &str, data: EventData| Event {
         id: id.into(),
         source: "https://shop.example/checkout".into(),
@@ -40,7 +41,11 @@ fn golden_envelope() -> Envelope {
     first.extensions.insert("region".into(), json!("eu1"));
     let second = event("evt-2", EventData::Base64("AQIDBA==".into()));
     let received_at: DateTime<Utc> = "2024-05-01T10:00:00.123456Z".parse().unwrap();
-    Envelope::new("req-0001".into(), received_at, vec![first, second])
+    RequestPart::new("req-0001".into(), received_at, vec![first, second])
+}
+
+fn golden_envelope() -> Envelope {
+    Envelope::new(vec![golden_part()])
 }
 
 #[test]
@@ -52,34 +57,34 @@ fn envelope_v1_encodes_to_the_golden_bytes() {
 #[test]
 fn golden_bytes_decode_to_the_envelope() {
     assert_eq!(
-        Envelope::decode(GOLDEN.as_bytes()).unwrap(),
-        golden_envelope()
+        Envelope::decode_single(GOLDEN.as_bytes()).unwrap(),
+        golden_part()
     );
 }
 
 /// Two requests coalesced into one message: the golden envelope's events, one per request.
-fn golden_message() -> Message {
-    let envelope = golden_envelope();
-    let later = envelope.received_at + chrono::Duration::microseconds(700);
-    let mut events = envelope.events.into_iter();
-    let first = Envelope::new(
+fn golden_message() -> Envelope {
+    let part = golden_part();
+    let later = part.received_at + chrono::Duration::microseconds(700);
+    let mut events = part.events.into_iter();
+    let first = RequestPart::new(
         "req-0001".into(),
-        envelope.received_at,
+        part.received_at,
         events.next().into_iter().collect(),
     );
-    let second = Envelope::new("req-0002".into(), later, events.collect());
-    Message::new(vec![first, second])
+    let second = RequestPart::new("req-0002".into(), later, events.collect());
+    Envelope::new(vec![first, second])
 }
 
 #[test]
 fn unknown_envelope_version_is_refused() {
     let bytes = GOLDEN.replacen("\"v\":1", "\"v\":3", 1);
     assert!(matches!(
-        Envelope::decode(bytes.as_bytes()),
+        Envelope::decode_single(bytes.as_bytes()),
         Err(EnvelopeError::UnsupportedVersion(3))
     ));
     assert!(matches!(
-        Message::decode(bytes.as_bytes()),
+        Envelope::decode(bytes.as_bytes()),
         Err(EnvelopeError::UnsupportedVersion(3))
     ));
 }
@@ -95,7 +100,7 @@ fn coalesced_message_encodes_to_the_golden_v2_bytes() {
 
 #[test]
 fn golden_v2_bytes_decode_to_their_parts() {
-    let decoded = Message::decode(GOLDEN_V2.as_bytes()).unwrap();
+    let decoded = Envelope::decode(GOLDEN_V2.as_bytes()).unwrap();
     assert_eq!(decoded, golden_message());
     assert_eq!(decoded.event_count(), 2);
     assert_eq!(decoded.parts[1].request_id, "req-0002");
@@ -103,21 +108,21 @@ fn golden_v2_bytes_decode_to_their_parts() {
 
 #[test]
 fn a_single_part_message_is_written_as_version_1() {
-    let message = Message::new(vec![golden_envelope()]);
+    let message = golden_envelope();
     assert_eq!(message.version, 1);
     assert_eq!(message.content_type(), CONTENT_TYPE);
     assert_eq!(
         String::from_utf8(message.encode()).unwrap(),
         GOLDEN.trim_end()
     );
-    assert_eq!(Message::decode(GOLDEN.as_bytes()).unwrap(), message);
+    assert_eq!(Envelope::decode(GOLDEN.as_bytes()).unwrap(), message);
 }
 
 #[test]
-fn a_v1_reader_refuses_v2_as_unsupported_not_malformed() {
+fn a_single_request_reader_refuses_v2_as_not_single_not_malformed() {
     assert!(matches!(
-        Envelope::decode(GOLDEN_V2.as_bytes()),
-        Err(EnvelopeError::UnsupportedVersion(2))
+        Envelope::decode_single(GOLDEN_V2.as_bytes()),
+        Err(EnvelopeError::NotSingle(2))
     ));
 }
 
@@ -129,7 +134,7 @@ fn fields_of_the_other_version_are_refused() {
     for bytes in [v1_with_parts, v2_with_events, v2_labelled_v1] {
         assert!(
             matches!(
-                Message::decode(bytes.as_bytes()),
+                Envelope::decode(bytes.as_bytes()),
                 Err(EnvelopeError::Shape(_))
             ),
             "{bytes}"
@@ -144,7 +149,7 @@ fn coalesced_message_without_parts_or_with_an_empty_part_is_refused() {
         r#"{"v":2,"parts":[{"request_id":"r","received_at":"2024-05-01T10:00:00Z","events":[]}]}"#;
     for bytes in [no_parts, empty_part] {
         assert!(matches!(
-            Message::decode(bytes.as_bytes()),
+            Envelope::decode(bytes.as_bytes()),
             Err(EnvelopeError::Empty)
         ));
     }
@@ -154,7 +159,7 @@ fn coalesced_message_without_parts_or_with_an_empty_part_is_refused() {
 fn envelope_without_events_is_refused() {
     let bytes = r#"{"v":1,"request_id":"r","received_at":"2024-05-01T10:00:00Z","events":[]}"#;
     assert!(matches!(
-        Envelope::decode(bytes.as_bytes()),
+        Envelope::decode_single(bytes.as_bytes()),
         Err(EnvelopeError::Empty)
     ));
 }
@@ -164,7 +169,7 @@ fn envelope_with_an_invalid_event_is_malformed() {
     let bytes =
         r#"{"v":1,"request_id":"r","received_at":"2024-05-01T10:00:00Z","events":[{"id":"x"}]}"#;
     assert!(matches!(
-        Envelope::decode(bytes.as_bytes()),
+        Envelope::decode_single(bytes.as_bytes()),
         Err(EnvelopeError::Malformed(_))
     ));
 }
@@ -172,7 +177,7 @@ fn envelope_with_an_invalid_event_is_malformed() {
 #[test]
 fn garbage_is_malformed() {
     assert!(matches!(
-        Envelope::decode(b"\x00\x01 not json"),
+        Envelope::decode_single(b"\x00\x01 not json"),
         Err(EnvelopeError::Malformed(_))
     ));
 }
@@ -241,23 +246,23 @@ proptest! {
             .map(|value| Event::from_json(value, &rules))
             .collect::<Result<_, _>>()
             .map_err(|problems| TestCaseError::fail(format!("{problems:?}")))?;
-        let envelope = Envelope::new("req".into(), Utc::now(), events.clone());
-        let decoded = Envelope::decode(&envelope.encode()).unwrap();
+        let envelope = Envelope::single("req".into(), Utc::now(), events.clone());
+        let decoded = Envelope::decode_single(&envelope.encode()).unwrap();
         prop_assert_eq!(decoded.events, events.clone());
-        prop_assert_eq!(decoded.received_at, envelope.received_at);
+        prop_assert_eq!(decoded.received_at, envelope.parts[0].received_at);
     }
 
     #[test]
     fn valid_events_survive_a_coalesced_round_trip(raw in prop::collection::vec(arbitrary_event(), 2..6)) {
         let limits = Limits { max_event_bytes: usize::MAX, ..Limits::default() };
         let rules = Validation { limits: &limits, now: None };
-        let parts: Vec<Envelope> = raw.into_iter()
+        let parts: Vec<RequestPart> = raw.into_iter()
             .enumerate()
             .map(|(n, value)| Event::from_json(value, &rules)
-                .map(|event| Envelope::new(format!("req-{n}"), Utc::now(), vec![event])))
+                .map(|event| RequestPart::new(format!("req-{n}"), Utc::now(), vec![event])))
             .collect::<Result<_, _>>()
             .map_err(|problems| TestCaseError::fail(format!("{problems:?}")))?;
-        let message = Message::new(parts);
-        prop_assert_eq!(Message::decode(&message.encode()).unwrap(), message);
+        let message = Envelope::new(parts);
+        prop_assert_eq!(Envelope::decode(&message.encode()).unwrap(), message);
     }
 }

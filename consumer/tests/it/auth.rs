@@ -1,7 +1,7 @@
 //! The auth matrix: for each route, no key / wrong key / other scope / right key.
 
 use serde_json::Value;
-use shared_types::auth::{generate_key, Scope};
+use service_runtime::auth::{generate_key, Scope};
 
 use crate::helpers::{event, spawn_app_with};
 

@@ -1,16 +1,13 @@
 //! Dead letters: undecodable messages and events the database refuses go to the dead-letter
 //! queue with a readable reason, nothing else does, and `dlq replay` sends them back.
 
-use std::time::Duration;
-
 use diesel_async::RunQueryDsl;
 use lapin::options::{
     BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
 };
 use lapin::BasicProperties;
 use serde_json::Value;
-use shared_types::envelope::Message;
-use shared_types::Envelope;
+use shared_types::envelope::Envelope;
 
 use crate::helpers::{event, spawn_app, spawn_app_with, TestApp};
 
@@ -110,7 +107,7 @@ async fn event_the_database_refuses_is_dead_lettered_alone() {
         .await;
     let (reason, body) = peek_dead_letter(&app).await;
     assert!(reason.contains("test_refuse"), "{reason}");
-    let dead = Envelope::decode(&body).unwrap();
+    let dead = Envelope::decode_single(&body).unwrap();
     assert_eq!(dead.events.len(), 1);
     assert_eq!(dead.events[0].id, "poison");
     app.wait_for_depth(&app.topology().store_queue(), 0).await;
@@ -133,7 +130,7 @@ async fn a_refused_event_among_coalesced_requests_is_dead_lettered_with_its_own_
         .await;
     let (reason, body) = peek_dead_letter(&app).await;
     assert!(reason.contains("test_refuse"), "{reason}");
-    let dead = Message::decode(&body).unwrap();
+    let dead = Envelope::decode(&body).unwrap();
     assert_eq!(dead.parts.len(), 1);
     assert_eq!(dead.parts[0].request_id, "single-4");
     assert_eq!(dead.parts[0].events.len(), 1);
@@ -155,7 +152,7 @@ async fn dlq_list_shows_reasons_and_replay_sends_them_back() {
     app.wait_for_depth(&dead_queue, 2).await;
     let connection = app.amqp().await;
 
-    let report = consumer::dlq::list(&connection, &app.topology(), 10)
+    let report = consumer::dead_letter::admin::list(&connection, &app.topology(), 10)
         .await
         .unwrap();
 
@@ -179,13 +176,13 @@ async fn dlq_list_shows_reasons_and_replay_sends_them_back() {
         .execute(&mut db)
         .await
         .unwrap();
-    let replayed = consumer::dlq::replay(&connection, &app.topology(), 10)
+    let replayed = consumer::dead_letter::admin::replay(&connection, &app.topology(), 10)
         .await
         .unwrap();
     assert_eq!(replayed, 2);
     app.wait_for_rows(1).await;
     app.wait_for_depth(&dead_queue, 1).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.wait_for_depth(&app.topology().store_queue(), 0).await;
     assert_eq!(app.count_rows().await, 1);
     let _ = connection.close(200, "done".into()).await;
     app.cleanup().await;

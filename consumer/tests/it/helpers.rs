@@ -6,11 +6,11 @@ use std::time::Duration;
 use consumer::ConsumerConfig;
 use diesel_async::RunQueryDsl;
 use gateway::GatewayConfig;
-use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use serde_json::Value;
-use shared_types::config::Settings;
+use service_runtime::config::Settings;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -54,7 +54,7 @@ pub async fn spawn_app() -> TestApp {
 
 /// A running gateway and consumer; `extra_env` overrides their `WARREN_*` settings.
 pub async fn spawn_app_with(extra_env: &[(&str, &str)]) -> TestApp {
-    shared_types::telemetry::init_for_tests();
+    service_runtime::telemetry::init_for_tests();
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let db_name = format!("warren_test_{}", &suffix[..16]);
     let mut app = TestApp {
@@ -84,7 +84,7 @@ impl TestApp {
                 "WARREN_DATABASE_URL" => Some(self.db_url.clone()),
                 "WARREN_AMQP_URL" => Some(amqp_url()),
                 "WARREN_AMQP_PREFIX" => Some(self.prefix.clone()),
-                "WARREN_BATCH_MAX_WAIT_MS" => Some("20".into()),
+                "WARREN_WRITE_BATCH_WAIT_MS" => Some("20".into()),
                 "WARREN_SHUTDOWN_GRACE_MS" => Some("5000".into()),
                 "WARREN_AUTH" => Some("off".into()),
                 _ => None,
@@ -299,8 +299,26 @@ impl TestApp {
         }
     }
 
-    pub fn topology(&self) -> shared_types::topology::Topology {
-        shared_types::topology::Topology::new(self.prefix.clone())
+    /// The value of one counter on the consumer's `/metrics` for this app's store queue.
+    pub async fn consumer_counter(&self, name: &str) -> f64 {
+        let text = self
+            .client
+            .get(self.consumer_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let series = format!("{name}{{queue=\"{}\"}} ", self.topology().store_queue());
+        text.lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub fn topology(&self) -> service_runtime::topology::Topology {
+        service_runtime::topology::Topology::new(self.prefix.clone())
     }
 
     /// Stops both services, deletes the queues and exchanges, and drops the database.
@@ -319,12 +337,24 @@ impl Drop for TestApp {
             return;
         }
         let (prefix, db_name) = (self.prefix.clone(), self.db_name.clone());
-        // Dropping the stop senders stops the services; give them a moment, or a consumer would
-        // redeclare the queues it is told were deleted.
-        drop(self.gateway.take());
-        drop(self.consumer.take());
+        // Stop the services before deleting their queues, or a consumer would redeclare them.
+        // Drop cannot await: abort the tasks and wait (bounded) until the runtime has ended them.
+        // On a current-thread runtime they cannot run again once the test panicked, so the wait
+        // ends at its deadline with nothing left to redeclare.
+        let tasks: Vec<JoinHandle<()>> = [self.gateway.take(), self.consumer.take()]
+            .into_iter()
+            .flatten()
+            .map(|running| {
+                let _ = running.stop.send(());
+                running.task.abort();
+                running.task
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !tasks.iter().all(JoinHandle::is_finished) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(2));
             if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -337,23 +367,10 @@ impl Drop for TestApp {
 }
 
 async fn remove_resources(prefix: &str, db_name: &str) {
-    let topology = shared_types::topology::Topology::new(prefix.to_owned());
+    let topology = service_runtime::topology::Topology::new(prefix.to_owned());
     if let Ok(connection) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
     {
-        for queue in [topology.store_queue(), topology.dead_letter_queue()] {
-            if let Ok(channel) = connection.create_channel().await {
-                let _ = channel
-                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-        }
-        for exchange in [topology.exchange(), topology.dead_letter_exchange()] {
-            if let Ok(channel) = connection.create_channel().await {
-                let _ = channel
-                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
-            }
-        }
+        let _ = topology.remove(&connection, true).await;
         let _ = connection.close(200, "cleanup".into()).await;
     }
     if let Ok(mut admin) = consumer::db::connect(&format!("{}/postgres", postgres_base())).await {

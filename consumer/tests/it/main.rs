@@ -11,4 +11,5 @@ mod openapi;
 mod outage;
 mod query;
 mod redelivery;
+mod teardown;
 mod timeout;

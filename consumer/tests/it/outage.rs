@@ -28,8 +28,19 @@ async fn database_outage_holds_deliveries_and_loses_nothing() {
     let batch: Vec<Value> = (0..20).map(|_| event("during.outage")).collect();
     let response = app.post_batch(batch).await;
     assert_eq!(response.status(), 202);
-    // Long enough for several failed write attempts and backoffs.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Several write attempts fail and back off while the deliveries stay held.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while app
+        .consumer_counter("warren_consumer_write_failures_total")
+        .await
+        < 3.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the consumer never retried the write"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         app.queue_depth(&app.topology().dead_letter_queue()).await,
         0

@@ -27,7 +27,7 @@ async fn consumer_stopped_between_insert_and_ack_stores_once() {
         .await
         .unwrap()
         .expect("a message to take");
-    let envelope = Envelope::decode(&message.delivery.data).unwrap();
+    let part = Envelope::decode_single(&message.delivery.data).unwrap();
     let pool = consumer::db::pool(
         &app.db_url,
         1,
@@ -35,10 +35,7 @@ async fn consumer_stopped_between_insert_and_ack_stores_once() {
         Duration::from_secs(5),
     )
     .unwrap();
-    assert_eq!(
-        consumer::worker::write(&pool, &[&envelope]).await.unwrap(),
-        1
-    );
+    assert_eq!(consumer::store::write(&pool, &[&part]).await.unwrap(), 1);
     drop(message);
     connection
         .close(200, "simulated crash before ack".into())

@@ -6,11 +6,11 @@ use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::Full;
-use shared_types::http_json;
+use service_runtime::http_json;
 use shared_types::problem::Problem;
 
-use shared_types::auth::AuthError;
-use shared_types::rate_limit::Limited;
+use service_runtime::auth::AuthError;
+use service_runtime::rate_limit::Limited;
 
 use crate::decode::DecodeError;
 use crate::publish::PublishError;
@@ -125,7 +125,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { allow } => Some(*allow),
             _ => None,
         };
-        let extra = shared_types::http_json::extra_headers(
+        let extra = service_runtime::http_json::extra_headers(
             match &self {
                 ApiError::Auth(error) => Some(error),
                 _ => None,

@@ -1,5 +1,5 @@
 //! Routes and handlers. Handlers only translate: read the request, call [`crate::decode`] and
-//! the [`EventPublisher`], map the outcome.
+//! the [`Dispatcher`], map the outcome.
 
 mod error;
 
@@ -15,18 +15,16 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
-use shared_types::auth::Scope;
-use shared_types::envelope::{Envelope, CONTENT_TYPE};
-use shared_types::http_json;
-use shared_types::rate_limit::RateLimiter;
-use shared_types::Event;
+use service_runtime::auth::Scope;
+use service_runtime::http_json;
+use service_runtime::rate_limit::RateLimiter;
 
 pub use error::ApiError;
 
-use crate::coalesce::Coalescer;
 use crate::config::GatewayConfig;
 use crate::decode::{decode_content, decode_events, DecodeError};
-use crate::publish::{EventPublisher, OutgoingMessage};
+use crate::dispatch::Dispatcher;
+use crate::publish::EventPublisher;
 use crate::request_id::{self, request_id};
 
 /// The OpenAPI document for the public API, served at `/v1/openapi.json`.
@@ -43,10 +41,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// What every request handler shares.
 pub struct AppState<P> {
-    /// The broker seam.
-    pub publisher: P,
-    /// Shares one message among concurrent single-event requests.
-    pub coalescer: Coalescer<P>,
+    /// Turns accepted events into confirmed broker messages.
+    pub dispatcher: Dispatcher<P>,
     /// Settings.
     pub config: GatewayConfig,
     /// Set when shutdown starts, so `/readyz` turns red before connections drain.
@@ -128,7 +124,7 @@ async fn route<P: EventPublisher>(
     request_id: &str,
 ) -> (&'static str, Outcome) {
     let limit = state.config.server.max_header_bytes;
-    if shared_types::server::head_size(request.headers()) > limit {
+    if service_runtime::server::head_size(request.headers()) > limit {
         return ("(any)", Err(ApiError::HeadersTooLarge { limit }));
     }
     let path = request.uri().path();
@@ -143,7 +139,7 @@ async fn route<P: EventPublisher>(
         "/v1/events" => ingest(state, request, request_id).await,
         "/healthz" => Ok((http_json::json(StatusCode::OK, &json!({"status": "ok"})), 0)),
         "/readyz" => Ok((readiness(state), 0)),
-        "/metrics" => Ok((shared_types::metrics::response(), 0)),
+        "/metrics" => Ok((service_runtime::metrics::response(), 0)),
         "/v1/openapi.json" => Ok((http_json::static_json(OPENAPI), 0)),
         _ => Err(ApiError::NotFound),
     };
@@ -152,7 +148,7 @@ async fn route<P: EventPublisher>(
 
 fn readiness<P: EventPublisher>(state: &AppState<P>) -> Response<Full<Bytes>> {
     let draining = state.draining.load(Ordering::Acquire);
-    let broker = state.publisher.is_ready();
+    let broker = state.dispatcher.is_ready();
     http_json::readiness(
         broker && !draining,
         json!({"broker": broker, "draining": draining}),
@@ -195,17 +191,10 @@ async fn ingest<P: EventPublisher>(
         .check(caller, count as f64)
         .map_err(ApiError::RateLimited)?;
     let confirm_started = std::time::Instant::now();
-    match events.as_slice() {
-        [single] if state.config.coalesce.is_on() => {
-            let routing_key = single.event_type.clone();
-            let part = Envelope::new(request_id.to_owned(), received_at, events);
-            state.coalescer.publish(routing_key, part).await?;
-        }
-        _ => {
-            let messages = group_by_type(request_id, received_at, events);
-            state.publisher.publish(messages).await?;
-        }
-    }
+    state
+        .dispatcher
+        .dispatch(request_id, received_at, events)
+        .await?;
     metrics::histogram!("warren_gateway_publish_confirm_seconds")
         .record(confirm_started.elapsed().as_secs_f64());
     metrics::counter!("warren_gateway_events_accepted_total").increment(count as u64);
@@ -234,33 +223,4 @@ async fn read_body(
             }
         }
     }
-}
-
-/// One message per event type, in order of first appearance, so topic routing by type works
-/// and a request of N events costs one broker round trip per type, not per event.
-pub fn group_by_type(
-    request_id: &str,
-    received_at: chrono::DateTime<Utc>,
-    events: Vec<Event>,
-) -> Vec<OutgoingMessage> {
-    let mut groups: Vec<(String, Vec<Event>)> = Vec::new();
-    for event in events {
-        match groups
-            .iter_mut()
-            .find(|(kind, _)| *kind == event.event_type)
-        {
-            Some((_, members)) => members.push(event),
-            None => groups.push((event.event_type.clone(), vec![event])),
-        }
-    }
-    groups
-        .into_iter()
-        .map(|(routing_key, events)| OutgoingMessage {
-            body: Envelope::new(request_id.to_owned(), received_at, events).encode(),
-            content_type: CONTENT_TYPE,
-            routing_key,
-            message_id: uuid::Uuid::now_v7().to_string(),
-            request_id: request_id.to_owned(),
-        })
-        .collect()
 }

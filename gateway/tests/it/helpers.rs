@@ -6,7 +6,7 @@ use std::time::Duration;
 use gateway::publish::MemoryPublisher;
 use gateway::GatewayConfig;
 use serde_json::Value;
-use shared_types::config::Settings;
+use service_runtime::config::Settings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
@@ -28,7 +28,7 @@ pub fn config(env: &[(&str, &str)]) -> GatewayConfig {
 }
 
 pub async fn spawn_gateway(env: &[(&str, &str)]) -> TestGateway {
-    shared_types::telemetry::init_for_tests();
+    service_runtime::telemetry::init_for_tests();
     let config = config(env);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -77,7 +77,7 @@ impl TestGateway {
             .published()
             .iter()
             .map(|m| {
-                shared_types::envelope::Message::decode(&m.body)
+                shared_types::envelope::Envelope::decode(&m.body)
                     .unwrap()
                     .event_count()
             })

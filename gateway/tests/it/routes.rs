@@ -42,7 +42,7 @@ async fn request_id_from_the_proxy_is_echoed_and_published() {
     assert_eq!(response.headers()["x-request-id"], "nginx-abc.123");
     let published = gateway.publisher.published();
     assert_eq!(published[0].request_id, "nginx-abc.123");
-    let envelope = shared_types::Envelope::decode(&published[0].body).unwrap();
+    let envelope = shared_types::Envelope::decode_single(&published[0].body).unwrap();
     assert_eq!(envelope.request_id, "nginx-abc.123");
 }
 
@@ -85,7 +85,7 @@ async fn batch_is_published_as_one_message_per_event_type() {
         .map(|m| {
             (
                 m.routing_key.clone(),
-                shared_types::Envelope::decode(&m.body)
+                shared_types::Envelope::decode_single(&m.body)
                     .unwrap()
                     .events
                     .len(),
@@ -134,7 +134,7 @@ fn published_pairs(gateway: &crate::helpers::TestGateway) -> Vec<(String, String
     let mut pairs: Vec<(String, String)> = published
         .iter()
         .flat_map(|m| {
-            shared_types::envelope::Message::decode(&m.body)
+            shared_types::envelope::Envelope::decode(&m.body)
                 .unwrap()
                 .parts
         })

@@ -1,9 +1,11 @@
 //! Reading `WARREN_*` settings: compiled-in defaults, overridden by the environment, validated
 //! at startup with a message that names the variable.
 
-use std::fmt::Display;
+use std::fmt::{self, Display};
 use std::str::FromStr;
 use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
 
 /// A setting that is present but unusable.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,35 @@ impl<'a> Settings<'a> {
                 .find(|(key, _)| key == name)
                 .map(|(_, value)| value.clone())
         })
+    }
+
+    /// These settings with variables that were renamed: each `(name, old_name)` reads `name`,
+    /// falling back to `old_name` so existing deployments keep working. Returns the notices to
+    /// log at startup (telemetry is not up yet while settings are read).
+    pub fn with_renamed<'b>(
+        &'b self,
+        renames: &'b [(&'b str, &'b str)],
+    ) -> (Settings<'b>, Vec<String>) {
+        let mut notices = Vec::new();
+        for (name, old_name) in renames {
+            match (self.raw(name), self.raw(old_name)) {
+                (None, Some(_)) => notices.push(format!(
+                    "{old_name} is deprecated and will be removed; set {name} instead"
+                )),
+                (Some(_), Some(_)) => notices.push(format!(
+                    "{old_name} is deprecated and ignored because {name} is set"
+                )),
+                _ => {}
+            }
+        }
+        let renamed = Settings::from_lookup(move |wanted| {
+            let value = self.raw(wanted);
+            match renames.iter().find(|(name, _)| *name == wanted) {
+                Some((_, old_name)) if value.is_none() => self.raw(old_name),
+                _ => value,
+            }
+        });
+        (renamed, notices)
     }
 
     /// The raw value, if set and not blank.
@@ -117,9 +148,56 @@ impl<'a> Settings<'a> {
     }
 }
 
+/// `WARREN_RETRY_AFTER_SECS` (default 1): what both services put in `Retry-After` on a 503, so an
+/// operator can slow retries down during an outage without a rebuild.
+pub fn retry_after_secs(settings: &Settings<'_>) -> Result<u64, ConfigError> {
+    settings.bounded("WARREN_RETRY_AFTER_SECS", 1, 1..=3600)
+}
+
+/// A connection URL that may carry a password: its `Debug` and `Display` show it redacted, so a
+/// config struct can be logged or printed in an error without leaking the secret, and the
+/// password is only readable where a connection is opened ([`SecretUrl::expose`]).
+#[derive(Clone)]
+pub struct SecretUrl(SecretString);
+
+impl SecretUrl {
+    /// Wraps `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(SecretString::from(url.into()))
+    }
+
+    /// The URL with its password, for the one call that connects.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    /// The URL with its password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_url(self.expose())
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretUrl({})", self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl PartialEq<&str> for SecretUrl {
+    fn eq(&self, other: &&str) -> bool {
+        self.expose() == *other
+    }
+}
+
 /// `WARREN_AMQP_URL`, checked, with `heartbeat=WARREN_AMQP_HEARTBEAT_SECS` (default 10) added
 /// when the URL sets none, so a dead peer is noticed within seconds.
-pub fn amqp_url(settings: &Settings<'_>) -> Result<String, ConfigError> {
+pub fn amqp_url(settings: &Settings<'_>) -> Result<SecretUrl, ConfigError> {
     let url = settings.string("WARREN_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
     if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
         return Err(ConfigError {
@@ -130,10 +208,12 @@ pub fn amqp_url(settings: &Settings<'_>) -> Result<String, ConfigError> {
     }
     let seconds: u16 = settings.bounded("WARREN_AMQP_HEARTBEAT_SECS", 10, 0..=600)?;
     if url.contains("heartbeat=") {
-        return Ok(url);
+        return Ok(SecretUrl::new(url));
     }
     let separator = if url.contains('?') { '&' } else { '?' };
-    Ok(format!("{url}{separator}heartbeat={seconds}"))
+    Ok(SecretUrl::new(format!(
+        "{url}{separator}heartbeat={seconds}"
+    )))
 }
 
 /// A connection URL with its password replaced, for logs and error messages.
@@ -182,6 +262,32 @@ mod tests {
             .bounded("WARREN_X", 5u32, 1..=10)
             .unwrap_err();
         assert!(error.to_string().contains("between 1 and 10"), "{error}");
+    }
+
+    #[test]
+    fn a_renamed_variable_still_reads_its_old_name_with_a_notice() {
+        let base = settings(&[("WARREN_OLD", "5")]);
+        let renames = [("WARREN_NEW", "WARREN_OLD")];
+        let (renamed, notices) = base.with_renamed(&renames);
+        assert_eq!(renamed.parse("WARREN_NEW", 1u32).unwrap(), 5);
+        assert_eq!(notices.len(), 1);
+        assert!(notices[0].contains("set WARREN_NEW instead"), "{notices:?}");
+    }
+
+    #[test]
+    fn the_new_name_wins_over_the_old_one() {
+        let base = settings(&[("WARREN_OLD", "5"), ("WARREN_NEW", "7")]);
+        let renames = [("WARREN_NEW", "WARREN_OLD")];
+        let (renamed, notices) = base.with_renamed(&renames);
+        assert_eq!(renamed.parse("WARREN_NEW", 1u32).unwrap(), 7);
+        assert!(notices[0].contains("ignored"), "{notices:?}");
+    }
+
+    #[test]
+    fn a_secret_url_never_prints_its_password() {
+        let url = SecretUrl::new("amqp://guest:hunter2@host:5672/%2f");
+        assert!(!format!("{url:?} {url}").contains("hunter2"));
+        assert_eq!(url.expose(), "amqp://guest:hunter2@host:5672/%2f");
     }
 
     #[test]

@@ -8,9 +8,9 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Confirmation, Connection};
-use shared_types::topology::Topology;
+use service_runtime::topology::Topology;
 
-use crate::dead_letter::{original_routing_key, reason_of, REASON_HEADER};
+use super::{original_routing_key, reason_of, REASON_HEADER};
 
 /// Bytes of each body shown by `list`.
 const PREVIEW_BYTES: usize = 160;

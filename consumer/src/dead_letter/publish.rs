@@ -1,27 +1,31 @@
-//! Dead-lettering with a reason an operator can read.
+//! Publishing dead letters with a reason an operator can read.
 //!
 //! RabbitMQ's own dead-lettering (reject without requeue) records only "rejected". The consumer
 //! instead publishes the message to the dead-letter exchange itself, with `x-warren-reason`, waits
 //! for the broker's confirm, and only then acknowledges the original: at-least-once, so a crash in
 //! between leaves a copy in both places, never in neither. When that publish fails, the message is
 //! rejected and the broker dead-letters it (reason "rejected").
+//!
+//! Dead letters go out on a connection of their own, not the consuming one: a dead-letter publish
+//! that the broker blocks (resource alarm) or that fails its channel must not stall or close the
+//! channel deliveries arrive on.
 
 use lapin::options::{
     BasicAckOptions, BasicPublishOptions, BasicRejectOptions, ConfirmSelectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Acker, BasicProperties, Channel, Confirmation, Connection};
-use shared_types::topology::Topology;
+use lapin::types::{AMQPValue, LongString};
+use lapin::{Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use service_runtime::config::SecretUrl;
+use service_runtime::topology::Topology;
 
-/// Header holding why Warren dead-lettered a message.
-pub const REASON_HEADER: &str = "x-warren-reason";
-/// Header holding the routing key the message was first published with.
-pub const ROUTING_KEY_HEADER: &str = "x-warren-routing-key";
+use super::{REASON_HEADER, ROUTING_KEY_HEADER};
+
 /// Longest reason stored in a header.
 const MAX_REASON_BYTES: usize = 1024;
 
-/// A confirm-mode channel to the dead-letter exchange.
+/// A confirm-mode channel to the dead-letter exchange, on its own connection.
 pub struct DeadLetters {
+    connection: Connection,
     channel: Channel,
     exchange: String,
 }
@@ -38,16 +42,28 @@ pub enum DeadLetterError {
 }
 
 impl DeadLetters {
-    /// Opens the channel on the consumer's connection.
-    pub async fn open(connection: &Connection, topology: &Topology) -> Result<Self, lapin::Error> {
+    /// Opens a connection of its own to `amqp_url` and a confirm-mode channel on it.
+    pub async fn open(amqp_url: &SecretUrl, topology: &Topology) -> Result<Self, lapin::Error> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(LongString::from("warren-consumer-dead-letters"));
+        let connection = Connection::connect(amqp_url.expose(), properties).await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         Ok(Self {
+            connection,
             channel,
             exchange: topology.dead_letter_exchange(),
         })
+    }
+
+    /// Closes the dead-letter connection (on shutdown or when the consuming session ends).
+    pub async fn close(&self) {
+        let _ = self
+            .connection
+            .close(200, "consumer session ended".into())
+            .await;
     }
 
     /// Publishes `body` to the dead-letter exchange with `reason`, and waits for the confirm.
@@ -108,32 +124,6 @@ impl DeadLetters {
         metrics::counter!("warren_consumer_dead_lettered_total", "reason" => "undecodable")
             .increment(1);
         Ok(())
-    }
-}
-
-/// The reason Warren recorded, or RabbitMQ's own (`x-death`), or "unknown".
-pub fn reason_of(headers: Option<&FieldTable>) -> String {
-    let Some(headers) = headers else {
-        return "unknown".into();
-    };
-    if let Some(AMQPValue::LongString(reason)) = headers.inner().get(REASON_HEADER) {
-        return reason.to_string();
-    }
-    if let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") {
-        if let Some(AMQPValue::FieldTable(death)) = deaths.as_slice().first() {
-            if let Some(AMQPValue::LongString(reason)) = death.inner().get("reason") {
-                return format!("broker: {reason}");
-            }
-        }
-    }
-    "unknown".into()
-}
-
-/// The routing key a dead-lettered message was first published with.
-pub fn original_routing_key(headers: Option<&FieldTable>, fallback: &str) -> String {
-    match headers.and_then(|h| h.inner().get(ROUTING_KEY_HEADER)) {
-        Some(AMQPValue::LongString(key)) => key.to_string(),
-        _ => fallback.to_owned(),
     }
 }
 

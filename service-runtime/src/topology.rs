@@ -7,7 +7,11 @@
 //! gateway answers 503, instead of the broker running out of memory), a delivery limit and a
 //! maximum length.
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ExchangeKind};
 
@@ -79,6 +83,11 @@ impl Topology {
         Self {
             prefix: prefix.into(),
         }
+    }
+
+    /// The prefix every name starts with (`WARREN_AMQP_PREFIX`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// Topic exchange the gateway publishes to, routing key = event type.
@@ -170,6 +179,46 @@ impl Topology {
         Ok(())
     }
 
+    /// Deletes this prefix's queues and exchanges, for scripts and tests that clean up after
+    /// themselves. Unless `force`, a queue that holds ready messages is kept and reported, so a
+    /// mistyped prefix cannot throw events away. (Quorum queues do not support `if-empty` on
+    /// delete, so the check is a passive declare just before.) Names that do not exist are fine.
+    pub async fn remove(&self, connection: &Connection, force: bool) -> Result<(), RemoveError> {
+        for queue in [self.store_queue(), self.dead_letter_queue()] {
+            let channel = connection.create_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            let declared = channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await;
+            match declared {
+                Ok(found) if !force && found.message_count() > 0 => {
+                    return Err(RemoveError::NotEmpty {
+                        queue,
+                        messages: found.message_count(),
+                    })
+                }
+                Ok(_) => {
+                    channel
+                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                        .await?;
+                }
+                // The passive declare of a missing queue closes the channel with NOT_FOUND.
+                Err(error) if is_not_found(&error) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        for exchange in [self.exchange(), self.dead_letter_exchange()] {
+            let channel = connection.create_channel().await?;
+            channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
+    }
+
     /// The store queue's arguments, fixed at creation.
     pub fn store_queue_arguments(&self, limits: QueueLimits) -> FieldTable {
         let mut arguments = FieldTable::default();
@@ -193,6 +242,22 @@ impl Topology {
         );
         arguments
     }
+}
+
+/// Why [`Topology::remove`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    /// The broker failed.
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    /// A queue still holds messages and removal was not forced.
+    #[error("{queue} still holds {messages} message(s); not removed (use --force)")]
+    NotEmpty {
+        /// The queue.
+        queue: String,
+        /// Its ready messages.
+        messages: u32,
+    },
 }
 
 /// Longest wait for a broker connection and its setup: a frozen broker accepts TCP connections but
@@ -254,6 +319,19 @@ async fn bind(channel: &Channel, queue: &str, exchange: &str) -> Result<(), lapi
         .await
 }
 
+/// Whether the broker closed the channel with this soft error (read from the AMQP reply code,
+/// not from its text).
+fn is_soft_error(error: &lapin::Error, expected: AMQPSoftError) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(amqp) if *amqp.kind() == AMQPErrorKind::Soft(expected)
+    )
+}
+
 fn is_precondition_failed(error: &lapin::Error) -> bool {
-    error.to_string().contains("PRECONDITION_FAILED")
+    is_soft_error(error, AMQPSoftError::PRECONDITIONFAILED)
+}
+
+fn is_not_found(error: &lapin::Error) -> bool {
+    is_soft_error(error, AMQPSoftError::NOTFOUND)
 }

@@ -15,6 +15,10 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+/// Default of `WARREN_HEADER_TIMEOUT_MS`; also how long an idle keep-alive connection stays open,
+/// so nginx's upstream `keepalive_timeout` must stay below it (`scripts/check-deploy` reads it).
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+
 /// Connection-level bounds.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerSettings {
@@ -28,6 +32,13 @@ pub struct ServerSettings {
 }
 
 impl ServerSettings {
+    /// The one default for every bound, used by [`ServerSettings::from_settings`] and `Default`.
+    const DEFAULT: ServerSettings = ServerSettings {
+        header_read_timeout: Duration::from_millis(DEFAULT_HEADER_TIMEOUT_MS),
+        max_header_bytes: 16 * 1024,
+        shutdown_grace: Duration::from_secs(25),
+    };
+
     /// `WARREN_HEADER_TIMEOUT_MS`, `WARREN_MAX_HEADER_BYTES` and `WARREN_SHUTDOWN_GRACE_MS`.
     pub fn from_settings(
         settings: &crate::config::Settings<'_>,
@@ -35,15 +46,19 @@ impl ServerSettings {
         Ok(Self {
             header_read_timeout: settings.millis(
                 "WARREN_HEADER_TIMEOUT_MS",
-                10_000,
+                millis(Self::DEFAULT.header_read_timeout),
                 100..=600_000,
             )?,
             max_header_bytes: settings.bounded(
                 "WARREN_MAX_HEADER_BYTES",
-                16 * 1024,
+                Self::DEFAULT.max_header_bytes,
                 8192..=1024 * 1024,
             )?,
-            shutdown_grace: settings.millis("WARREN_SHUTDOWN_GRACE_MS", 25_000, 0..=600_000)?,
+            shutdown_grace: settings.millis(
+                "WARREN_SHUTDOWN_GRACE_MS",
+                millis(Self::DEFAULT.shutdown_grace),
+                0..=600_000,
+            )?,
         })
     }
 
@@ -64,12 +79,12 @@ pub fn head_size(headers: &http::HeaderMap) -> usize {
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        Self {
-            header_read_timeout: Duration::from_secs(10),
-            max_header_bytes: 64 * 1024,
-            shutdown_grace: Duration::from_secs(25),
-        }
+        Self::DEFAULT
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Serves `handler` on `listener` until `shutdown` completes, then drains open connections for

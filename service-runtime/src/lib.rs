@@ -1,0 +1,20 @@
+//! What both Warren services run on, as opposed to what they say to each other (`shared-types`).
+//!
+//! Settings from `WARREN_*` variables ([`config`]), the hyper server with its bounds and graceful
+//! drain ([`server`]), JSON responses ([`http_json`]), API keys ([`auth`]) and per-key rate limits
+//! ([`rate_limit`]), Prometheus metrics ([`metrics`]), logs ([`telemetry`]), the shutdown signal
+//! ([`shutdown`]), reconnect backoff ([`backoff`]), the container health probe ([`healthcheck`]),
+//! and the broker names and declarations ([`topology`]).
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod backoff;
+pub mod config;
+pub mod healthcheck;
+pub mod http_json;
+pub mod metrics;
+pub mod rate_limit;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+pub mod topology;
