@@ -373,7 +373,7 @@ def main():
     (ROOT / "bench" / "results" / f"{date}.json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(results, peer_results, machine, date)
     if chart:
-        text += f"\n![latency versus rate]({date}/{chart.name})\n\nk6 HTML reports: `{date}/<scenario>-report.html`.\n"
+        text += f"\n![latency versus rate]({date}/{chart.name})\n\nk6 HTML reports: `{date}/<scenario>-report.html` (local only: per-run output is not kept in git).\n"
     logged = [r for r in results if r.get("warnings_log")]
     if logged:
         text += "\nWarnings and errors the stack logged during a scenario: " + ", ".join(
