@@ -9,6 +9,8 @@ use service_runtime::rate_limit::{Limit, RateLimiter};
 use service_runtime::server::ServerSettings;
 use service_runtime::topology::{QueueLimits, Topology};
 
+use crate::partitions::Retention;
+
 /// Everything the consumer needs to run.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
@@ -44,6 +46,8 @@ pub struct ConsumerConfig {
     pub auth: Auth,
     /// Per-key queries per second (`WARREN_READ_RATE_LIMIT`, `WARREN_READ_RATE_BURST`).
     pub read_limit: Option<Limit>,
+    /// Days of events kept (`WARREN_RETENTION_DAYS`; unset or 0 keeps everything).
+    pub retention: Option<Retention>,
     /// Seconds clients are told to wait in `Retry-After` on a 503 (`WARREN_RETRY_AFTER_SECS`).
     pub retry_after_secs: u64,
     /// Deprecated variables that were read, to log once telemetry is up.
@@ -128,6 +132,10 @@ impl ConsumerConfig {
             auth: Auth::from_settings(settings)?,
             read_limit: RateLimiter::limit_from_settings(settings, "WARREN_READ", 1)?,
             retry_after_secs: service_runtime::config::retry_after_secs(settings)?,
+            retention: match settings.bounded("WARREN_RETENTION_DAYS", 0u32, 0..=36_500)? {
+                0 => None,
+                days => Some(Retention { days }),
+            },
             deprecations,
         })
     }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod dead_letter;
 pub mod http;
+pub mod partitions;
 pub mod query;
 pub mod schema;
 pub mod store;
@@ -69,6 +70,11 @@ pub async fn run(
     )?;
     let config = Arc::new(config);
     let status = Arc::new(WorkerStatus::default());
+    let maintenance = tokio::spawn(partitions::maintain(
+        write_pool.clone(),
+        config.retention,
+        cancel.clone(),
+    ));
     let worker = tokio::spawn(worker::run(
         Arc::clone(&config),
         write_pool.clone(),
@@ -103,6 +109,9 @@ pub async fn run(
     cancel.cancel();
     if let Err(error) = worker.await {
         tracing::error!(%error, "worker panicked");
+    }
+    if let Err(error) = maintenance.await {
+        tracing::error!(%error, "partition maintenance panicked");
     }
     write_pool.close();
     read_pool.close();

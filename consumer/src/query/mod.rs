@@ -281,6 +281,9 @@ pub async fn lookup_event(
         .select(StoredEvent::as_select())
         .filter(events::source.eq(&query.source))
         .filter(events::id.eq(&query.id))
+        // A retry received more than a day after its original is stored again
+        // (docs/guarantees.md); the lookup answers the first copy.
+        .order(events::received_at.asc())
         .first(connection)
         .await
         .optional()

@@ -9,6 +9,7 @@ mod ingest;
 mod metrics;
 mod openapi;
 mod outage;
+mod partitions;
 mod query;
 mod redelivery;
 mod teardown;

@@ -1,0 +1,237 @@
+//! Daily partitions: retention drops whole days, and exactly-once storage holds for
+//! redeliveries and client retries around midnight.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Days, NaiveDate, Utc};
+use consumer::partitions::{self, Retention};
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::RunQueryDsl;
+use shared_types::{Event, RequestPart};
+
+use crate::helpers::{spawn_app, TestApp};
+
+fn stored_event(id: &str) -> Event {
+    Event {
+        id: id.into(),
+        source: "/partitions".into(),
+        event_type: "test.partitioned".into(),
+        subject: None,
+        time: None,
+        datacontenttype: None,
+        dataschema: None,
+        data: None,
+        extensions: BTreeMap::new(),
+    }
+}
+
+fn at(text: &str) -> DateTime<Utc> {
+    text.parse().expect("an RFC 3339 time")
+}
+
+fn part(id: &str, received_at: DateTime<Utc>) -> RequestPart {
+    RequestPart::new(
+        format!("req-{id}-{received_at}"),
+        received_at,
+        vec![stored_event(id)],
+    )
+}
+
+async fn write(app: &TestApp, part: &RequestPart) -> usize {
+    let pool = consumer::db::pool(
+        &app.db_url,
+        1,
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    consumer::store::write(&pool, &[part]).await.unwrap()
+}
+
+#[derive(diesel::QueryableByName)]
+struct Copy {
+    #[diesel(sql_type = Text)]
+    partition: String,
+}
+
+/// The partitions holding a copy of event `id`.
+async fn copies(app: &TestApp, id: &str) -> Vec<String> {
+    let rows: Vec<Copy> = diesel::sql_query(
+        "SELECT tableoid::regclass::text AS partition FROM events WHERE id = $1 ORDER BY 1",
+    )
+    .bind::<Text, _>(id)
+    .load(&mut app.db().await)
+    .await
+    .unwrap();
+    rows.into_iter().map(|row| row.partition).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivery_after_midnight_lands_in_its_original_partition_once() {
+    let app = spawn_app().await;
+    let original = part("late-evening", at("2025-03-09T23:59:59.900Z"));
+
+    assert_eq!(write(&app, &original).await, 1);
+    // The message comes back after midnight: it still carries its received_at.
+    assert_eq!(write(&app, &original).await, 0);
+
+    assert_eq!(copies(&app, "late-evening").await, ["events_p20250309"]);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_retry_across_midnight_is_stored_once_whichever_copy_comes_first() {
+    let app = spawn_app().await;
+    let before = at("2025-03-09T23:59:59.500Z");
+    let after = at("2025-03-10T00:00:00.500Z");
+
+    assert_eq!(write(&app, &part("retry-a", before)).await, 1);
+    assert_eq!(write(&app, &part("retry-a", after)).await, 0);
+    // The retry is written first, the original (redelivered) second.
+    assert_eq!(write(&app, &part("retry-b", after)).await, 1);
+    assert_eq!(write(&app, &part("retry-b", before)).await, 0);
+
+    assert_eq!(copies(&app, "retry-a").await, ["events_p20250309"]);
+    assert_eq!(copies(&app, "retry-b").await, ["events_p20250310"]);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_received_two_days_later_is_stored_again_as_documented() {
+    let app = spawn_app().await;
+    assert_eq!(
+        write(&app, &part("very-late", at("2025-03-09T12:00:00Z"))).await,
+        1
+    );
+    assert_eq!(
+        write(&app, &part("very-late", at("2025-03-11T12:00:00Z"))).await,
+        1
+    );
+    assert_eq!(
+        copies(&app, "very-late").await,
+        ["events_p20250309", "events_p20250311"]
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_drops_the_partitions_of_days_past_the_window() {
+    let app = spawn_app().await;
+    let today = NaiveDate::from_ymd_opt(2025, 3, 20).unwrap();
+    let day = |back: u64| {
+        today
+            .checked_sub_days(Days::new(back))
+            .unwrap()
+            .and_hms_opt(12, 0, 0)
+            .unwrap()
+            .and_utc()
+    };
+    for (id, back) in [("old", 10), ("edge", 7), ("recent", 3), ("today", 0)] {
+        assert_eq!(write(&app, &part(id, day(back))).await, 1);
+    }
+    let mut connection = app.db().await;
+
+    let dropped = partitions::maintain_once(&mut connection, Some(Retention { days: 7 }), today)
+        .await
+        .unwrap();
+
+    let names: Vec<&str> = dropped.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["events_p20250310"]);
+    let kept: Vec<String> = partitions::list(&mut connection)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .filter(|name| name.starts_with("events_p2025"))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            "events_p20250313",
+            "events_p20250317",
+            "events_p20250320",
+            "events_p20250321",
+            "events_p20250322"
+        ]
+    );
+    assert!(copies(&app, "old").await.is_empty());
+    assert_eq!(copies(&app, "edge").await, ["events_p20250313"]);
+    app.cleanup().await;
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    count: i64,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unpartitioned_table_with_rows_is_migrated_into_daily_partitions() {
+    use diesel_async::AsyncMigrationHarness;
+    use diesel_migrations::MigrationHarness;
+
+    let name = format!("warren_test_migrate_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{}/{name}", crate::helpers::postgres_base());
+    consumer::db::ensure_database(&url).await.unwrap();
+    let connection = consumer::db::connect(&url).await.unwrap();
+    let mut harness = AsyncMigrationHarness::new(connection);
+    // The schema as it was before partitioning: the first two migrations.
+    harness
+        .run_next_migration(consumer::db::MIGRATIONS)
+        .unwrap();
+    harness
+        .run_next_migration(consumer::db::MIGRATIONS)
+        .unwrap();
+    let mut connection = harness.into_inner();
+    diesel::sql_query(
+        "INSERT INTO events (id, source, type, data, received_at) VALUES \
+         ('m1', '/old', 'a', '{\"n\": 1}', '2025-03-09T23:00:00Z'), \
+         ('m2', '/old', 'a', NULL, '2025-03-10T01:00:00Z'), \
+         ('m3', '/old', 'b', NULL, '2025-03-10T02:00:00Z')",
+    )
+    .execute(&mut connection)
+    .await
+    .unwrap();
+
+    consumer::db::migrate(&url).await.unwrap();
+
+    let days: Vec<Copy> =
+        diesel::sql_query("SELECT tableoid::regclass::text AS partition FROM events ORDER BY seq")
+            .load(&mut connection)
+            .await
+            .unwrap();
+    let days: Vec<String> = days.into_iter().map(|row| row.partition).collect();
+    assert_eq!(
+        days,
+        ["events_p20250309", "events_p20250310", "events_p20250310"]
+    );
+    // The migrated rows still deduplicate, and new rows continue the sequence.
+    let again = part_of("m2", "/old", "2025-03-10T01:00:00Z");
+    let fresh = part_of("m4", "/old", "2025-03-10T03:00:00Z");
+    let inserted = consumer::store::insert_events(&mut connection, &[&again, &fresh])
+        .await
+        .unwrap();
+    assert_eq!(inserted, 1);
+    let count: Count = diesel::sql_query("SELECT count(*) AS count FROM events WHERE seq > 3")
+        .get_result(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(count.count, 1);
+
+    drop(connection);
+    let mut admin = consumer::db::connect(&format!("{}/postgres", crate::helpers::postgres_base()))
+        .await
+        .unwrap();
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
+fn part_of(id: &str, source: &str, received_at: &str) -> RequestPart {
+    let mut event = stored_event(id);
+    event.source = source.into();
+    event.event_type = "a".into();
+    RequestPart::new(format!("req-{id}"), at(received_at), vec![event])
+}
