@@ -39,7 +39,40 @@ SCENARIOS = {
     # Needs the synthetic events of scripts/prefill (scripts/bench --prefill N) for its filters.
     "queries": ("queries.js", {"QUERY_RATE": "500", "INGEST_RATE": "200", "BATCH": "100", "VUS": "200"}, 100,
                 "queries p99 < 20 ms at 500 req/s while ingesting 20 000 events/s"),
+    # Closed-loop ceilings with wrk (lighter than k6, so more of the 2 cores go to Warren).
+    "wrk-single": ("wrk", {"BATCH": "1"}, 1, "≥ 9 000 events/s stored (step), ≥ 15 000 (target), p99 < 20 ms"),
+    "wrk-batch": ("wrk", {"BATCH": "100"}, 100, "≥ 40 000 events/s stored, queue not growing"),
 }
+
+WRK_CONNECTIONS = 64
+WRK_THREADS = 2
+
+# One unique event per request (or a batch of them); `id` is set per thread by setup().
+WRK_SCRIPT = r"""
+local counter = 0
+local batch = tonumber(os.getenv("WRK_BATCH") or "1")
+local tag = os.getenv("RUN_TAG")
+local headers = {["Content-Type"] = batch == 1 and "application/cloudevents+json"
+                                   or "application/cloudevents-batch+json"}
+local key = os.getenv("WARREN_INGEST_KEY")
+if key and key ~= "" then headers["Authorization"] = "Bearer " .. key end
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("id", threads)
+end
+request = function()
+  local events = {}
+  for i = 1, batch do
+    counter = counter + 1
+    events[i] = string.format(
+      '{"specversion":"1.0","id":"%d-%d","source":"/wrk/%s","type":"bench.wrk","data":{"n":%d}}',
+      id, counter, tag, counter)
+  end
+  local body = batch == 1 and events[1] or ("[" .. table.concat(events, ",") .. "]")
+  return wrk.format("POST", "/v1/events", headers, body)
+end
+"""
 
 
 def stack_groups(stack_dir, k6_pid):
@@ -120,8 +153,96 @@ class Sampler(threading.Thread):
                 for group in sorted(set(self.peak_rss) | set(cpu))}
 
 
+def psql_value(db_url, sql):
+    done = subprocess.run(["psql", db_url, "-AtXqc", sql], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def wrk_ms(text, label):
+    """A latency from wrk's output (`99% 12.34ms`, `Max 1.2s`) in milliseconds."""
+    import re
+    match = re.search(rf"{re.escape(label)}\s+([0-9.]+)(us|ms|s)\b", text)
+    if not match:
+        return None
+    value, unit = float(match.group(1)), match.group(2)
+    return round(value / 1000 if unit == "us" else value * 1000 if unit == "s" else value, 2)
+
+
+def wrk_max_ms(text):
+    """The Max column of wrk's `Latency  avg  stdev  max  +/-` line, in milliseconds."""
+    import re
+    match = re.search(r"Latency\s+\S+\s+\S+\s+([0-9.]+)(us|ms|s)\b", text)
+    if not match:
+        return None
+    value, unit = float(match.group(1)), match.group(2)
+    return round(value / 1000 if unit == "us" else value * 1000 if unit == "s" else value, 2)
+
+
+def run_wrk(name, target, duration, stack_dir, out_dir, env_extra, db_url):
+    """wrk at WRK_CONNECTIONS connections for `duration` seconds, then the stored events of the
+    run counted until the count stops growing (the consumers caught up)."""
+    import re
+    _, env, per_request, _ = SCENARIOS[name]
+    tag = f"bench-{name}-{int(time.time())}"
+    script = out_dir / f"{name}.lua"
+    script.write_text(WRK_SCRIPT)
+    env = {**os.environ, **env_extra, "RUN_TAG": tag, "WRK_BATCH": env["BATCH"]}
+    source = f"/wrk/{tag}"
+    count_sql = f"SELECT count(*) FROM events WHERE source = '{source}'"
+    sampler = Sampler(stack_dir)
+    sampler.start()
+    started = time.time()
+    process = subprocess.Popen(["wrk", f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{duration}s", "--latency",
+                                "-s", str(script), f"{target}/v1/events"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sampler.k6_pid = process.pid
+    output, _ = process.communicate()
+    load_seconds = time.time() - started
+    # Stored: poll until the count has not grown for 3 s (at most 180 s after the load).
+    stored, last_growth, still = 0, time.time(), 0
+    while time.time() - last_growth < 3 and time.time() - started < load_seconds + 180:
+        now = int(psql_value(db_url, count_sql) or 0)
+        if now > stored:
+            stored, last_growth = now, time.time()
+        time.sleep(0.5)
+    sampler.stop.set()
+    sampler.join()
+    (out_dir / f"{name}-wrk.txt").write_text(output)
+    requests = int(re.search(r"(\d+) requests in", output).group(1)) if re.search(r"(\d+) requests in", output) else 0
+    non_2xx = int(re.search(r"Non-2xx or 3xx responses: (\d+)", output).group(1)) if "Non-2xx" in output else 0
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    socket_errors = sum(int(n) for n in socket.groups()) if socket else 0
+    accepted = (requests - non_2xx) * per_request
+    distinct = int(psql_value(db_url, f"SELECT count(DISTINCT id) FROM events WHERE source = '{source}'") or 0)
+    lag = psql_value(db_url, "SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1) || ' ' || "
+                             "round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1) FROM "
+                             f"(SELECT extract(epoch FROM stored_at - received_at) * 1000 AS ms FROM events WHERE source = '{source}') lags")
+    lag_p50, lag_p99 = (lag.split() + [None, None])[:2] if lag else (None, None)
+    stored_seconds = max(last_growth - started, 1)
+    return {
+        "scenario": name, "run_tag": tag, "seconds": round(load_seconds, 1), "tool": "wrk",
+        "connections": WRK_CONNECTIONS, "requests": requests,
+        "failed_requests": non_2xx + socket_errors,
+        "refused_by_status": {"non-2xx": non_2xx, "socket errors": socket_errors} if non_2xx or socket_errors else {},
+        "dropped_iterations": "-",
+        "http_ms": {"med": wrk_ms(output, "50%"), "p(95)": "-", "p(99)": wrk_ms(output, "99%"),
+                    "max": wrk_max_ms(output)},
+        "query_ms": None, "queries": None, "query_kinds_ms": {},
+        "processes": sampler.report(), "k6_exit": process.returncode, "rows_before": None,
+        "events_per_s_offered": "closed loop",
+        "events_per_s_accepted": round(accepted / max(load_seconds, 1)),
+        "events_per_s_stored": round(stored / stored_seconds),
+        "drain_after_load_s": round(max(last_growth - started - load_seconds, 0), 1),
+        "reconcile": {"accepted": accepted, "stored": stored, "missing": max(accepted - distinct, 0),
+                      "duplicates": stored - distinct,
+                      "lag_ms": {"p50": lag_p50, "p99": lag_p99}},
+    }
+
+
 def run_scenario(name, target, duration, stack_dir, out_dir, env_extra, db_url):
     script, env, per_request, _ = SCENARIOS[name]
+    if script == "wrk":
+        return run_wrk(name, target, duration, stack_dir, out_dir, env_extra, db_url)
     tag = f"bench-{name}-{int(time.time())}"
     log = out_dir / f"{tag}.log"
     summary = out_dir / f"{tag}-summary.json"
@@ -294,6 +415,12 @@ def markdown(results, peer_results, machine, date):
             f"{result.get('events_per_s_accepted', '?')} | {result.get('events_per_s_stored', '?')} | "
             f"{http['med']} / {http['p(95)']} / {http['p(99)']} | {lag.get('p50')} / {lag.get('p99')} | "
             f"{failed_cell(result)} | {result['dropped_iterations']} | {reconcile.get('missing', '?')} | {reconcile.get('duplicates', '?')} |")
+    wrk_runs = [r for r in results if r.get("tool") == "wrk"]
+    if wrk_runs:
+        lines += ["", f"wrk runs: {WRK_THREADS} threads, {WRK_CONNECTIONS} connections, closed loop, unique events; "
+                      "stored counted in PostgreSQL until it stopped growing; the \"k6\" column below is wrk. "
+                      "Drain after the load: " + ", ".join(f"{r['scenario']} {r['drain_after_load_s']} s" for r in wrk_runs)
+                  + " (a drain of more than a few seconds means the queue grew: accepted faster than stored)."]
     lines += ["", "Peak RSS (MiB) and CPU seconds per process group, per scenario:", "",
               "| scenario | " + " | ".join(["gateway", "consumer", "nginx", "rabbitmq", "postgres", "k6"]) + " |",
               "|---|" + "---|" * 6]
