@@ -400,7 +400,8 @@ def spike_chart(csv_path, svg_path):
 
 
 def markdown(results, peer_results, machine, date):
-    lines = [f"# Warren benchmark, {date}", "", f"Machine: {machine}", "",
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    lines = [f"# Warren benchmark, {date}", "", f"Machine: {machine}", "", f"Commit: {commit or 'unknown'}", "",
              "Every process (gateways, consumers, nginx, RabbitMQ, PostgreSQL and the k6 load generator) shares this machine.",
              f"PostgreSQL: {POSTGRES}.",
              "Figures from k6 (HTTP) and scripts/reconcile (events, lag).", "",
