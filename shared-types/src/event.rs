@@ -149,7 +149,7 @@ impl Event {
             }
         }
         let data = take_data(&mut object, &mut problems);
-        let extensions = take_extensions(object, &mut problems);
+        let extensions = take_extensions(object, limits, &mut problems);
 
         if !problems.is_empty() {
             return Err(problems);
@@ -529,6 +529,7 @@ fn find_nul(value: &Value, pointer: &str, problems: &mut Vec<Problem>) {
 
 fn take_extensions(
     object: Map<String, Value>,
+    limits: &Limits,
     problems: &mut Vec<Problem>,
 ) -> BTreeMap<String, Value> {
     let mut extensions = BTreeMap::new();
@@ -559,6 +560,19 @@ fn take_extensions(
                 pointer,
                 "strings must not contain NUL (\\u0000)",
             )),
+            // Extensions are attributes too: the same byte limit as id, source, type and subject
+            // (bytes of UTF-8, not characters).
+            Value::String(ref text) if text.len() > limits.max_attribute_bytes => {
+                problems.push(Problem::new(
+                    ErrorCode::TooLarge,
+                    pointer,
+                    format!(
+                        "{name} is {} bytes; the limit is {}",
+                        text.len(),
+                        limits.max_attribute_bytes
+                    ),
+                ))
+            }
             Value::String(_) => {
                 extensions.insert(name, value);
             }
@@ -818,6 +832,21 @@ mod tests {
         let event = validate(event).unwrap();
         assert_eq!(event.extensions.len(), 3);
         assert_eq!(event.extensions["priority"], json!(3));
+    }
+
+    #[test]
+    fn attribute_limits_count_utf8_bytes_not_characters() {
+        // 129 two-byte characters: 258 bytes, over the default 256, though only 129 characters.
+        let long = "é".repeat(129);
+        for field in ["id", "type", "subject", "myext"] {
+            assert_eq!(
+                codes(with(field, json!(long))),
+                vec![(ErrorCode::TooLarge, format!("/{field}"))],
+                "{field}"
+            );
+        }
+        // 128 of them is 256 bytes: exactly the limit.
+        assert!(validate(with("myext", json!("é".repeat(128)))).is_ok());
     }
 
     #[test]

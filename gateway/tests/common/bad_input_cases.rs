@@ -102,6 +102,31 @@ pub fn cases() -> Vec<Case> {
             400,
             "invalid_json",
         ),
+        // Byte limits count UTF-8 bytes: 129 two-byte characters are 258 bytes, over 256.
+        case(
+            "id of 129 two-byte characters",
+            with_field("id", json!("é".repeat(129))),
+            400,
+            "invalid_event",
+        ),
+        case(
+            "extension of 129 two-byte characters",
+            with_field("region", json!("é".repeat(129))),
+            400,
+            "invalid_event",
+        ),
+        case(
+            "subject of 86 three-byte characters",
+            with_field("subject", json!("€".repeat(86))),
+            400,
+            "invalid_event",
+        ),
+        case(
+            "type of 65 four-byte characters",
+            with_field("type", json!("😀".repeat(65))),
+            400,
+            "invalid_event",
+        ),
         case(
             "NUL in a string",
             with_field("subject", json!("a\u{0}b")),
