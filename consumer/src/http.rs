@@ -40,6 +40,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub struct AppState {
     /// Pool for queries (the read URL).
     pub read_pool: PgPool,
+    /// Pool the worker writes with (the primary): what readiness depends on.
+    pub write_pool: PgPool,
     /// The worker's connection state.
     pub worker: Arc<WorkerStatus>,
     /// API keys.
@@ -312,11 +314,15 @@ async fn connection(
         .map_err(|error| QueryError::Unavailable(error.to_string()))
 }
 
+/// Ready when the worker can store: subscribed, and the primary answers. A read replica that is
+/// down is reported (`read_database`) but does not make the consumer unready: ingest goes on,
+/// and only queries answer 503.
 async fn readiness(state: &AppState) -> Response<Full<Bytes>> {
     let broker = state.worker.consuming.load(Ordering::Acquire);
-    let database = database_answers(&state.read_pool).await;
+    let database = database_answers(&state.write_pool).await;
+    let read_database = database_answers(&state.read_pool).await;
     http_json::readiness(
         broker && database,
-        json!({"broker": broker, "database": database}),
+        json!({"broker": broker, "database": database, "read_database": read_database}),
     )
 }

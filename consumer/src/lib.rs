@@ -10,6 +10,7 @@ pub mod dead_letter;
 pub mod http;
 pub mod partitions;
 pub mod query;
+pub mod replica;
 pub mod schema;
 pub mod store;
 pub mod worker;
@@ -84,8 +85,12 @@ pub async fn run(
     if !config.auth.is_on() {
         tracing::warn!("WARREN_AUTH=off: anyone who reaches a consumer may query events");
     }
+    // With a separate read URL (a replica), measure and export how far behind it is.
+    let lag_watch = (config.database_read_url.expose() != config.database_url.expose())
+        .then(|| tokio::spawn(replica::watch(read_pool.clone(), cancel.clone())));
     let state = Arc::new(AppState {
         read_pool: read_pool.clone(),
+        write_pool: write_pool.clone(),
         worker: status,
         auth: config.auth.clone(),
         limiter: service_runtime::rate_limit::RateLimiter::new(config.read_limit),
@@ -109,6 +114,11 @@ pub async fn run(
     cancel.cancel();
     if let Err(error) = worker.await {
         tracing::error!(%error, "worker panicked");
+    }
+    if let Some(lag_watch) = lag_watch {
+        if let Err(error) = lag_watch.await {
+            tracing::error!(%error, "replica lag watch panicked");
+        }
     }
     if let Err(error) = maintenance.await {
         tracing::error!(%error, "partition maintenance panicked");

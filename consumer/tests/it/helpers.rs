@@ -78,7 +78,8 @@ impl TestApp {
     fn settings(&self) -> Settings<'_> {
         Settings::from_lookup(move |name| {
             if let Some((_, value)) = self.extra_env.iter().find(|(k, _)| k == name) {
-                return Some(value.clone());
+                // `{db}` stands for this app's database name (e.g. in a replica's URL).
+                return Some(value.replace("{db}", &self.db_name));
             }
             match name {
                 "WARREN_DATABASE_URL" => Some(self.db_url.clone()),
@@ -299,17 +300,21 @@ impl TestApp {
         }
     }
 
-    /// The value of one counter on the consumer's `/metrics` for this app's store queue.
-    pub async fn consumer_counter(&self, name: &str) -> f64 {
-        let text = self
-            .client
+    /// The consumer's `/metrics` page.
+    pub async fn consumer_metrics(&self) -> String {
+        self.client
             .get(self.consumer_url("/metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The value of one counter on the consumer's `/metrics` for this app's store queue.
+    pub async fn consumer_counter(&self, name: &str) -> f64 {
+        let text = self.consumer_metrics().await;
         let series = format!("{name}{{queue=\"{}\"}} ", self.topology().store_queue());
         text.lines()
             .find_map(|line| line.strip_prefix(&series))

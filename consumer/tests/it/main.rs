@@ -12,5 +12,6 @@ mod outage;
 mod partitions;
 mod query;
 mod redelivery;
+mod replica;
 mod teardown;
 mod timeout;
