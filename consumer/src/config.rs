@@ -171,11 +171,11 @@ mod tests {
         let config = config(&[]).unwrap();
         assert_eq!(config.addr.to_string(), "127.0.0.1:8082");
         assert_eq!(
-            config.database_url,
+            config.database_url.expose(),
             "postgres://postgres@127.0.0.1:5432/warren"
         );
         assert_eq!(
-            config.database_read_url,
+            config.database_read_url.expose(),
             "postgres://postgres@127.0.0.1:5432/warren"
         );
         assert_eq!(config.topology.store_queue(), "warren.events.store");
@@ -211,7 +211,7 @@ mod tests {
             "auth is on by default"
         );
         assert_eq!(
-            ConsumerConfig::database_url(&settings).unwrap(),
+            ConsumerConfig::database_url(&settings).unwrap().expose(),
             "postgres://db/x"
         );
         let bad = Settings::from_pairs(&[("WARREN_DATABASE_URL", "mysql://x")]);

@@ -17,8 +17,7 @@ use service_runtime::auth::{Auth, AuthError, Scope};
 use service_runtime::http_json;
 use service_runtime::rate_limit::{Limited, RateLimiter};
 
-use crate::db::database_answers;
-use crate::db::PgPool;
+use crate::db::{database_answers, PgPool};
 use crate::query::{self, params};
 use crate::worker::WorkerStatus;
 
@@ -106,9 +105,7 @@ impl QueryError {
             _ => QueryError::Database(error),
         }
     }
-}
 
-impl QueryError {
     /// The response in the shared error shape; 503s carry `Retry-After`.
     pub fn into_response(self, retry_after_secs: u64) -> Response<Full<Bytes>> {
         let (status, code, message) = match &self {

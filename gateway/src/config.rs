@@ -152,7 +152,7 @@ mod tests {
         assert_eq!(config.addr.to_string(), "127.0.0.1:8081");
         assert_eq!(config.broker.topology.exchange(), "warren.events");
         assert_eq!(
-            config.broker.url,
+            config.broker.url.expose(),
             "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10"
         );
         assert_eq!(config.limits, Limits::default());

@@ -189,12 +189,6 @@ impl fmt::Display for SecretUrl {
     }
 }
 
-impl PartialEq<&str> for SecretUrl {
-    fn eq(&self, other: &&str) -> bool {
-        self.expose() == *other
-    }
-}
-
 /// `WARREN_AMQP_URL`, checked, with `heartbeat=WARREN_AMQP_HEARTBEAT_SECS` (default 10) added
 /// when the URL sets none, so a dead peer is noticed within seconds.
 pub fn amqp_url(settings: &Settings<'_>) -> Result<SecretUrl, ConfigError> {
