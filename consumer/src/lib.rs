@@ -10,6 +10,7 @@ pub mod dead_letter;
 pub mod http;
 pub mod partitions;
 pub mod query;
+pub mod registry;
 pub mod replica;
 pub mod schema;
 pub mod store;

@@ -12,6 +12,7 @@ use shared_types::Limits;
 
 use crate::coalesce::CoalesceSettings;
 use crate::publish::BrokerSettings;
+use crate::schema_refresh::RegistrySettings;
 
 /// Everything the gateway needs to run.
 #[derive(Debug, Clone)]
@@ -34,6 +35,10 @@ pub struct GatewayConfig {
     pub ingest_limit: Option<Limit>,
     /// Sharing one message among concurrent single-event requests.
     pub coalesce: CoalesceSettings,
+    /// Where to poll the schema registry; `None` validates no `data` against schemas.
+    pub schema_registry: Option<RegistrySettings>,
+    /// Refuse events of types without a schema (`WARREN_SCHEMA_REQUIRED=on`).
+    pub schema_required: bool,
 }
 
 impl GatewayConfig {
@@ -70,8 +75,58 @@ impl GatewayConfig {
                     1..=limits.max_batch_events,
                 )?,
             },
+            schema_registry: schema_registry(settings)?,
+            schema_required: schema_required(settings)?,
             limits,
         })
+    }
+}
+
+/// `WARREN_SCHEMA_REGISTRY_URL`, `WARREN_SCHEMA_REGISTRY_KEY` and `WARREN_SCHEMA_REFRESH_MS`.
+fn schema_registry(settings: &Settings<'_>) -> Result<Option<RegistrySettings>, ConfigError> {
+    let Some(text) = settings.raw("WARREN_SCHEMA_REGISTRY_URL") else {
+        return Ok(None);
+    };
+    let bad = |reason: &str| ConfigError {
+        name: "WARREN_SCHEMA_REGISTRY_URL".into(),
+        value: text.clone(),
+        reason: reason.into(),
+    };
+    let url: http::Uri = text
+        .parse()
+        .map_err(|_| bad("must be a URL such as http://consumer:8082"))?;
+    if url.scheme_str() != Some("http") || url.host().is_none() {
+        return Err(bad(
+            "must be an http:// URL with a host (the registry is polled on the internal network)",
+        ));
+    }
+    if url.query().is_some() {
+        return Err(bad("must not have a query"));
+    }
+    Ok(Some(RegistrySettings {
+        url,
+        key: settings
+            .raw("WARREN_SCHEMA_REGISTRY_KEY")
+            .map(secrecy::SecretString::from),
+        refresh: settings.millis("WARREN_SCHEMA_REFRESH_MS", 5_000, 100..=300_000)?,
+    }))
+}
+
+/// `WARREN_SCHEMA_REQUIRED`: on needs a registry to take the schemas from.
+fn schema_required(settings: &Settings<'_>) -> Result<bool, ConfigError> {
+    let value = settings.string("WARREN_SCHEMA_REQUIRED", "off");
+    let bad = |reason: &str| ConfigError {
+        name: "WARREN_SCHEMA_REQUIRED".into(),
+        value: value.clone(),
+        reason: reason.into(),
+    };
+    match value.as_str() {
+        "off" => Ok(false),
+        "on" if settings.raw("WARREN_SCHEMA_REGISTRY_URL").is_some() => Ok(true),
+        "on" => Err(bad(
+            "on needs WARREN_SCHEMA_REGISTRY_URL to take the schemas from",
+        )),
+        _ => Err(bad("must be on or off")),
     }
 }
 
@@ -169,6 +224,25 @@ mod tests {
         let error = config(&[("WARREN_AMQP_URL", "http://u:secret@h")]).unwrap_err();
         assert_eq!(error.name, "WARREN_AMQP_URL");
         assert!(!error.to_string().contains("secret"), "{error}");
+    }
+
+    #[test]
+    fn schema_settings_are_checked() {
+        assert!(config(&[]).unwrap().schema_registry.is_none());
+        let error = config(&[("WARREN_SCHEMA_REQUIRED", "on")]).unwrap_err();
+        assert_eq!(error.name, "WARREN_SCHEMA_REQUIRED");
+        let error = config(&[("WARREN_SCHEMA_REGISTRY_URL", "https://registry")]).unwrap_err();
+        assert_eq!(error.name, "WARREN_SCHEMA_REGISTRY_URL");
+        let config = config(&[
+            ("WARREN_SCHEMA_REGISTRY_URL", "http://consumer:8082/warren"),
+            ("WARREN_SCHEMA_REQUIRED", "on"),
+            ("WARREN_SCHEMA_REFRESH_MS", "250"),
+        ])
+        .unwrap();
+        let registry = config.schema_registry.unwrap();
+        assert_eq!(registry.url.path(), "/warren");
+        assert_eq!(registry.refresh, Duration::from_millis(250));
+        assert!(config.schema_required);
     }
 
     #[test]

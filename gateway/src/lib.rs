@@ -12,6 +12,8 @@ pub mod dispatch;
 pub mod http;
 pub mod publish;
 pub mod request_id;
+pub mod schema_refresh;
+pub mod schemas;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,11 +59,21 @@ pub async fn serve_with<P: EventPublisher>(
     if !config.auth.is_on() {
         tracing::warn!("WARREN_AUTH=off: anyone who reaches the gateway may ingest events");
     }
+    let schemas = Arc::new(schemas::Schemas::default());
+    let stop_refresh = CancellationToken::new();
+    let refresh = config.schema_registry.clone().map(|registry| {
+        tokio::spawn(schema_refresh::run(
+            registry,
+            Arc::clone(&schemas),
+            stop_refresh.clone(),
+        ))
+    });
     let state = Arc::new(AppState {
         limiter: service_runtime::rate_limit::RateLimiter::new(config.ingest_limit),
         dispatcher: dispatch::Dispatcher::new(publisher, config.coalesce),
         config,
         draining: AtomicBool::new(false),
+        schemas,
     });
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "gateway listening");
@@ -71,11 +83,18 @@ pub async fn serve_with<P: EventPublisher>(
         shutdown.await;
         draining.draining.store(true, Ordering::Release);
     };
-    service_runtime::server::serve(
+    let drained = service_runtime::server::serve(
         listener,
         move |request, peer| http::handle(Arc::clone(&state), request, peer),
         settings,
         shutdown,
     )
-    .await
+    .await;
+    stop_refresh.cancel();
+    if let Some(refresh) = refresh {
+        if let Err(error) = refresh.await {
+            tracing::error!(%error, "schema refresh panicked");
+        }
+    }
+    drained
 }

@@ -1,4 +1,4 @@
-//! The `gateway` binary: `gateway` serves; `gateway keygen --scope ingest|read` prints a new API
+//! The `gateway` binary: `gateway` serves; `gateway keygen --scope ingest|read|admin` prints a new API
 //! key and its configuration line; `gateway healthcheck` probes a running one.
 
 use anyhow::Context;
@@ -6,7 +6,7 @@ use gateway::GatewayConfig;
 use service_runtime::auth::{generate_key, Scope};
 use service_runtime::shutdown::shutdown_signal;
 
-const USAGE: &str = "usage: gateway [serve | healthcheck | keygen --scope ingest|read]";
+const USAGE: &str = "usage: gateway [serve | healthcheck | keygen --scope ingest|read|admin]";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

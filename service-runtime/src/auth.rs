@@ -1,8 +1,8 @@
-//! API keys: two scopes, configured as SHA-256 hashes, compared in constant time.
+//! API keys: three scopes, configured as SHA-256 hashes, compared in constant time.
 //!
 //! Keys never exist on the server in clear: operators configure `sha256(key)` in hex
-//! (`WARREN_INGEST_KEYS`, `WARREN_READ_KEYS`, or a `WARREN_KEYS_FILE` of `ingest <hash>` /
-//! `read <hash>` lines), and `gateway keygen` prints a new key with its hash line. Auth is on
+//! (`WARREN_INGEST_KEYS`, `WARREN_READ_KEYS`, `WARREN_ADMIN_KEYS`, or a `WARREN_KEYS_FILE` of
+//! `ingest <hash>` / `read <hash>` / `admin <hash>` lines), and `gateway keygen` prints a new key with its hash line. Auth is on
 //! unless `WARREN_AUTH=off` is set explicitly.
 
 use std::fmt;
@@ -19,8 +19,11 @@ use crate::config::{ConfigError, Settings};
 pub enum Scope {
     /// POST events.
     Ingest,
-    /// Query events.
+    /// Query events, and read the schema registry.
     Read,
+    /// Change the schema registry. A separate scope: a key that reads dashboards must not be
+    /// able to start refusing a producer's events.
+    Admin,
 }
 
 impl Scope {
@@ -29,6 +32,16 @@ impl Scope {
         match self {
             Scope::Ingest => "ingest",
             Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+
+    /// What a key of this scope may do, for the 403 message.
+    fn action(self) -> &'static str {
+        match self {
+            Scope::Ingest => "ingest events",
+            Scope::Read => "read events",
+            Scope::Admin => "change schemas",
         }
     }
 }
@@ -46,7 +59,10 @@ impl std::str::FromStr for Scope {
         match text {
             "ingest" => Ok(Scope::Ingest),
             "read" => Ok(Scope::Read),
-            other => Err(format!("unknown scope {other:?}; use ingest or read")),
+            "admin" => Ok(Scope::Admin),
+            other => Err(format!(
+                "unknown scope {other:?}; use ingest, read or admin"
+            )),
         }
     }
 }
@@ -85,8 +101,8 @@ pub enum AuthError {
     /// A key that is not configured (401).
     #[error("the API key is not valid")]
     Invalid,
-    /// A valid key of the other scope (403).
-    #[error("the API key may not {0} events")]
+    /// A valid key of another scope (403).
+    #[error("the API key may not {0}")]
     WrongScope(&'static str),
 }
 
@@ -117,6 +133,7 @@ impl Auth {
         for (name, scope) in [
             ("WARREN_INGEST_KEYS", Scope::Ingest),
             ("WARREN_READ_KEYS", Scope::Read),
+            ("WARREN_ADMIN_KEYS", Scope::Admin),
         ] {
             if let Some(list) = settings.raw(name) {
                 for hash in list.split(',').map(str::trim).filter(|h| !h.is_empty()) {
@@ -139,8 +156,7 @@ impl Auth {
                         .ok_or_else(|| ConfigError {
                             name: "WARREN_KEYS_FILE".into(),
                             value: path.clone(),
-                            reason: "each line is `ingest <sha256 hex>` or `read <sha256 hex>`"
-                                .into(),
+                            reason: "each line is `<ingest|read|admin> <sha256 hex>`".into(),
                         })?;
                 let scope = scope.parse().map_err(|reason| ConfigError {
                     name: "WARREN_KEYS_FILE".into(),
@@ -155,7 +171,8 @@ impl Auth {
                 name: "WARREN_AUTH".into(),
                 value: "on".into(),
                 reason: "auth is on but no key is configured: set WARREN_INGEST_KEYS / \
-                         WARREN_READ_KEYS / WARREN_KEYS_FILE (see `gateway keygen`), or set \
+                         WARREN_READ_KEYS / WARREN_ADMIN_KEYS / WARREN_KEYS_FILE (see `gateway \
+                         keygen`), or set \
                          WARREN_AUTH=off explicitly"
                     .into(),
             });
@@ -165,6 +182,15 @@ impl Auth {
 
     /// Checks an `Authorization` header value against `scope`.
     pub fn authorize(&self, header: Option<&str>, scope: Scope) -> Result<Caller, AuthError> {
+        self.authorize_any(header, &[scope])
+    }
+
+    /// Checks an `Authorization` header value against any of `scopes` (the first names the 403).
+    pub fn authorize_any(
+        &self,
+        header: Option<&str>,
+        scopes: &[Scope],
+    ) -> Result<Caller, AuthError> {
         let Auth::On(keys) = self else {
             return Ok(Caller::ANONYMOUS);
         };
@@ -177,19 +203,19 @@ impl Auth {
             .ok_or(AuthError::Missing)?;
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         // Compare with every configured hash, without stopping early, so timing reveals nothing.
-        let mut found: Option<Scope> = None;
+        let mut known = false;
+        let mut granted = false;
         for configured in keys {
-            if bool::from(configured.digest.ct_eq(&digest)) && found != Some(scope) {
-                found = Some(configured.scope);
-            }
+            let matches = bool::from(configured.digest.ct_eq(&digest));
+            known |= matches;
+            granted |= matches && scopes.contains(&configured.scope);
         }
-        match found {
-            Some(granted) if granted == scope => Ok(Caller(digest)),
-            Some(_) => Err(AuthError::WrongScope(match scope {
-                Scope::Ingest => "ingest",
-                Scope::Read => "read",
-            })),
-            None => Err(AuthError::Invalid),
+        match (granted, known) {
+            (true, _) => Ok(Caller(digest)),
+            (false, true) => Err(AuthError::WrongScope(
+                scopes.first().map_or("do this", |scope| scope.action()),
+            )),
+            (false, false) => Err(AuthError::Invalid),
         }
     }
 
@@ -282,7 +308,7 @@ mod tests {
             .is_ok());
         assert_eq!(
             auth.authorize(Some(&bearer(&read_key)), Scope::Ingest),
-            Err(AuthError::WrongScope("ingest"))
+            Err(AuthError::WrongScope("ingest events"))
         );
         assert_eq!(
             auth.authorize(Some(&bearer("wrn_ingest_nope")), Scope::Ingest),
@@ -292,6 +318,33 @@ mod tests {
         assert_eq!(
             auth.authorize(Some("Basic abc"), Scope::Read),
             Err(AuthError::Missing)
+        );
+    }
+
+    #[test]
+    fn admin_keys_change_schemas_and_routes_may_take_several_scopes() {
+        let (admin_key, admin_line) = generate_key(Scope::Admin);
+        let (read_key, read_line) = generate_key(Scope::Read);
+        let path = std::env::temp_dir().join(format!("warren-admin-keys-{}", std::process::id()));
+        std::fs::write(&path, format!("{admin_line}\n{read_line}\n")).unwrap();
+        let auth = auth(&[("WARREN_KEYS_FILE", path.display().to_string())]).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let bearer = |key: &str| format!("Bearer {key}");
+        assert!(auth
+            .authorize(Some(&bearer(&admin_key)), Scope::Admin)
+            .is_ok());
+        assert_eq!(
+            auth.authorize(Some(&bearer(&read_key)), Scope::Admin),
+            Err(AuthError::WrongScope("change schemas"))
+        );
+        for key in [&admin_key, &read_key] {
+            assert!(auth
+                .authorize_any(Some(&bearer(key)), &[Scope::Read, Scope::Admin])
+                .is_ok());
+        }
+        assert_eq!(
+            auth.authorize(Some(&bearer(&admin_key)), Scope::Ingest),
+            Err(AuthError::WrongScope("ingest events"))
         );
     }
 

@@ -2,12 +2,14 @@
 //!
 //! Everything that crosses a process boundary is defined here once: what a valid CloudEvent is
 //! ([`event`]), the strict JSON reader it is parsed with ([`json`]), the bounds on it ([`limits`]),
-//! how validation failures are reported ([`problem`]), and the versioned envelope that goes on the
-//! queue ([`envelope`]). The gateway and the consumer use only this crate for them, so they cannot
-//! drift apart. What the services run on (HTTP server, broker topology, metrics) lives in
-//! `service-runtime`, so this crate depends on serde, chrono, base64 and URI parsing only.
+//! how validation failures are reported ([`problem`]), the versioned envelope that goes on the
+//! queue ([`envelope`]), and what a per-type JSON Schema for `data` is ([`data_schema`]). The
+//! gateway and the consumer use only this crate for them, so they cannot drift apart. What the
+//! services run on (HTTP server, broker topology, metrics) lives in `service-runtime`, so this
+//! crate depends on serde, chrono, base64, URI parsing and the JSON Schema validator only.
 #![forbid(unsafe_code)]
 
+pub mod data_schema;
 pub mod envelope;
 pub mod event;
 pub mod json;

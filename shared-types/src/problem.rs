@@ -31,6 +31,12 @@ pub enum ErrorCode {
     NotAnObject,
     /// A batch body that is not a JSON array.
     NotAnArray,
+    /// `data` breaks the JSON Schema registered for the event's type (policy `enforce`).
+    SchemaViolation,
+    /// `dataschema` names a registry version that does not exist or was retired.
+    UnknownSchema,
+    /// No schema is registered for the type and `WARREN_SCHEMA_REQUIRED=on`.
+    SchemaRequired,
 }
 
 impl ErrorCode {
@@ -48,6 +54,9 @@ impl ErrorCode {
             ErrorCode::EmptyBatch => "empty_batch",
             ErrorCode::NotAnObject => "not_an_object",
             ErrorCode::NotAnArray => "not_an_array",
+            ErrorCode::SchemaViolation => "schema_violation",
+            ErrorCode::UnknownSchema => "unknown_schema",
+            ErrorCode::SchemaRequired => "schema_required",
         }
     }
 }

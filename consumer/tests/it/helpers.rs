@@ -78,8 +78,18 @@ impl TestApp {
     fn settings(&self) -> Settings<'_> {
         Settings::from_lookup(move |name| {
             if let Some((_, value)) = self.extra_env.iter().find(|(k, _)| k == name) {
-                // `{db}` stands for this app's database name (e.g. in a replica's URL).
-                return Some(value.replace("{db}", &self.db_name));
+                // `{db}` stands for this app's database name (e.g. in a replica's URL), and
+                // `{consumer}` for the running consumer's address (e.g. the schema registry).
+                let consumer = self
+                    .consumer
+                    .as_ref()
+                    .map(|running| running.address.to_string())
+                    .unwrap_or_default();
+                return Some(
+                    value
+                        .replace("{db}", &self.db_name)
+                        .replace("{consumer}", &consumer),
+                );
             }
             match name {
                 "WARREN_DATABASE_URL" => Some(self.db_url.clone()),

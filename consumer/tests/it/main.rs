@@ -13,5 +13,6 @@ mod partitions;
 mod query;
 mod redelivery;
 mod replica;
+mod schemas;
 mod teardown;
 mod timeout;

@@ -54,6 +54,9 @@ pub enum ApiError {
     /// The key's rate limit is spent.
     #[error("rate limit exceeded for this API key")]
     RateLimited(Limited),
+    /// A schema registry is configured but has not answered since the gateway started.
+    #[error("the schemas are not loaded yet")]
+    SchemasUnavailable,
 }
 
 impl ApiError {
@@ -83,6 +86,7 @@ impl ApiError {
             ApiError::HeadersTooLarge { .. } => "headers_too_large",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::ShuttingDown => "shutting_down",
+            ApiError::SchemasUnavailable => "schemas_unavailable",
             ApiError::Auth(AuthError::Missing) => "unauthenticated",
             ApiError::Auth(AuthError::Invalid) => "invalid_api_key",
             ApiError::Auth(AuthError::WrongScope(_)) => "forbidden",
@@ -105,7 +109,9 @@ impl ApiError {
                 | DecodeError::EmptyBatch
                 | DecodeError::InvalidEvents(_) => StatusCode::BAD_REQUEST,
             },
-            ApiError::Publish(_) | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Publish(_) | ApiError::ShuttingDown | ApiError::SchemasUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::BodyRead => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,

@@ -18,11 +18,12 @@ use serde_json::json;
 use service_runtime::auth::Scope;
 use service_runtime::http_json;
 use service_runtime::rate_limit::RateLimiter;
+use shared_types::Event;
 
 pub use error::ApiError;
 
 use crate::config::GatewayConfig;
-use crate::decode::{decode_content, decode_events, DecodeError};
+use crate::decode::{decode_content, decode_events, DecodeError, Mode};
 use crate::dispatch::Dispatcher;
 use crate::publish::EventPublisher;
 use crate::request_id::{self, request_id};
@@ -49,6 +50,8 @@ pub struct AppState<P> {
     pub draining: AtomicBool,
     /// Per-key token buckets for ingest.
     pub limiter: RateLimiter,
+    /// The JSON Schemas in force, kept current by [`crate::schema_refresh`].
+    pub schemas: Arc<crate::schemas::Schemas>,
 }
 
 /// Handles one request and writes its log line.
@@ -106,7 +109,7 @@ fn record_failure(error: &ApiError) {
                     .increment(1);
             }
         }
-        ApiError::Publish(_) | ApiError::ShuttingDown => {
+        ApiError::Publish(_) | ApiError::ShuttingDown | ApiError::SchemasUnavailable => {
             metrics::counter!("warren_gateway_unavailable_total", "cause" => error.code())
                 .increment(1);
         }
@@ -146,12 +149,25 @@ async fn route<P: EventPublisher>(
     (route, outcome)
 }
 
+/// Ready when the broker takes publishes, not draining, and (with a registry) schemas loaded.
 fn readiness<P: EventPublisher>(state: &AppState<P>) -> Response<Full<Bytes>> {
     let draining = state.draining.load(Ordering::Acquire);
     let broker = state.dispatcher.is_ready();
+    if state.config.schema_registry.is_none() {
+        return http_json::readiness(
+            broker && !draining,
+            json!({"broker": broker, "draining": draining}),
+        );
+    }
+    let schemas = state.schemas.get().is_some();
     http_json::readiness(
-        broker && !draining,
-        json!({"broker": broker, "draining": draining}),
+        broker && !draining && schemas,
+        json!({
+            "broker": broker,
+            "draining": draining,
+            "schemas": schemas,
+            "schema_age_seconds": state.schemas.age_secs(),
+        }),
     )
 }
 
@@ -184,7 +200,8 @@ async fn ingest<P: EventPublisher>(
     }
     let body = read_body(body, limits.max_body_bytes, state.config.body_timeout).await?;
     let body = decode_content(&parts.headers, body, limits.max_body_bytes)?;
-    let (_mode, events) = decode_events(&parts.headers, &body, limits, received_at)?;
+    let (mode, events) = decode_events(&parts.headers, &body, limits, received_at)?;
+    check_schemas(state, mode, &events)?;
     let count = events.len();
     let quota = state
         .limiter
@@ -205,6 +222,20 @@ async fn ingest<P: EventPublisher>(
             .extend(http_json::quota_headers(&quota));
     }
     Ok((response, count))
+}
+
+/// Checks `data` against the registered schemas, when a registry is configured.
+fn check_schemas<P>(state: &AppState<P>, mode: Mode, events: &[Event]) -> Result<(), ApiError> {
+    if state.config.schema_registry.is_none() {
+        return Ok(());
+    }
+    let set = state.schemas.get().ok_or(ApiError::SchemasUnavailable)?;
+    let problems = set.check(mode, events, state.config.schema_required);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(DecodeError::InvalidEvents(problems).into())
+    }
 }
 
 async fn read_body(

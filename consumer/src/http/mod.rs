@@ -1,5 +1,8 @@
-//! The consumer's HTTP surface: health, readiness, the OpenAPI document and the read API.
-//! Handlers only translate: parse parameters, call [`crate::query`], map the outcome.
+//! The consumer's HTTP surface: health, readiness, the OpenAPI document, the read API and the
+//! schema registry ([`schemas`]). Handlers only translate: parse parameters, call
+//! [`crate::query`] or [`crate::registry`], map the outcome.
+
+pub mod schemas;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -22,7 +25,7 @@ use crate::query::{self, params};
 use crate::worker::WorkerStatus;
 
 /// The OpenAPI document for the public API, served at `/v1/openapi.json`.
-pub const OPENAPI: &str = include_str!("../../openapi.json");
+pub const OPENAPI: &str = include_str!("../../../openapi.json");
 
 /// What the consumer answers, by path; the router and the OpenAPI test both read this table.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -33,6 +36,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/events"),
     ("GET", "/v1/events/lookup"),
     ("GET", "/v1/stats/counts"),
+    ("GET", "/v1/schemas"),
+    ("GET", "/v1/schemas/{type}"),
+    ("PUT", "/v1/schemas/{type}"),
+    ("DELETE", "/v1/schemas/{type}"),
+    ("GET", "/v1/schemas/{type}/versions/{version}"),
+    ("DELETE", "/v1/schemas/{type}/versions/{version}"),
 ];
 
 /// What every request handler shares.
@@ -62,6 +71,20 @@ pub enum QueryError {
     /// No event with that key.
     #[error("no event with this source and id")]
     NotFound,
+    /// No such schema type or version in the registry.
+    #[error("no schema registered under this type or version")]
+    SchemaNotFound,
+    /// A request body or path segment the registry cannot take.
+    #[error("{message}")]
+    InvalidInput {
+        /// Stable code.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A request body over the limit, in bytes.
+    #[error("the body exceeds {0} bytes")]
+    BodyTooLarge(usize),
     /// No pooled connection in time.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
@@ -115,6 +138,15 @@ impl QueryError {
                 format!("invalid parameter {}: {}", error.parameter, error.message),
             ),
             QueryError::NotFound => (StatusCode::NOT_FOUND, "not_found", self.to_string()),
+            QueryError::SchemaNotFound => {
+                (StatusCode::NOT_FOUND, "schema_not_found", self.to_string())
+            }
+            QueryError::InvalidInput { code, message } => {
+                (StatusCode::BAD_REQUEST, *code, message.clone())
+            }
+            QueryError::BodyTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "too_large", self.to_string())
+            }
             QueryError::NoRoute => (StatusCode::NOT_FOUND, "not_found", self.to_string()),
             QueryError::MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -196,11 +228,23 @@ pub async fn handle(
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let route = ROUTES
-        .iter()
-        .find(|(_, route)| *route == path)
-        .map_or("(unmatched)", |(_, route)| *route);
-    let response = match dispatch(&state, &request).await {
+    let schema_path = schemas::parse_path(&path);
+    let route = match &schema_path {
+        Some(Ok(parsed)) => parsed.template(),
+        Some(Err(_)) => "/v1/schemas/{type}",
+        None => ROUTES
+            .iter()
+            .find(|(_, route)| *route == path)
+            .map_or("(unmatched)", |(_, route)| *route),
+    };
+    let outcome = match schema_path {
+        Some(parsed) => match parsed {
+            Ok(parsed) => schemas::handle(&state, request, parsed).await,
+            Err(error) => Err(error),
+        },
+        None => dispatch(&state, &request).await,
+    };
+    let response = match outcome {
         Ok(response) => response,
         Err(error) => {
             if matches!(error, QueryError::Database(_) | QueryError::Unavailable(_)) {
@@ -288,7 +332,7 @@ async fn dispatch(
 }
 
 /// Runs one read query and classifies its failure; see [`QueryError::from_database`].
-async fn timed<T>(
+pub(crate) async fn timed<T>(
     state: &AppState,
     query: impl std::future::Future<Output = diesel::QueryResult<T>>,
 ) -> Result<T, QueryError> {
@@ -298,14 +342,21 @@ async fn timed<T>(
     })
 }
 
-async fn connection(
-    state: &AppState,
-) -> Result<
-    diesel_async::pooled_connection::deadpool::Object<diesel_async::AsyncPgConnection>,
-    QueryError,
-> {
+type PooledConnection =
+    diesel_async::pooled_connection::deadpool::Object<diesel_async::AsyncPgConnection>;
+
+async fn connection(state: &AppState) -> Result<PooledConnection, QueryError> {
     state
         .read_pool
+        .get()
+        .await
+        .map_err(|error| QueryError::Unavailable(error.to_string()))
+}
+
+/// A connection to the primary, for the registry.
+pub(crate) async fn write_connection(state: &AppState) -> Result<PooledConnection, QueryError> {
+    state
+        .write_pool
         .get()
         .await
         .map_err(|error| QueryError::Unavailable(error.to_string()))
