@@ -23,6 +23,8 @@ use crate::schemas::{ListedVersion, SchemaSet, Schemas};
 
 /// The longest one poll of the registry may take.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How soon to ask again while the gateway has no schemas yet.
+const FIRST_LOAD_RETRY: Duration = Duration::from_millis(250);
 /// The largest registry answer read, in bytes.
 const MAX_ANSWER_BYTES: usize = 32 * 1024 * 1024;
 
@@ -89,9 +91,15 @@ pub async fn run(settings: RegistrySettings, schemas: Arc<Schemas>, cancel: Canc
         if let Some(age) = schemas.age_secs() {
             metrics::gauge!("warren_gateway_schema_age_seconds").set(age);
         }
+        // Until the first answer, ingest is refused: ask again soon rather than a whole interval.
+        let pause = if schemas.get().is_some() {
+            settings.refresh
+        } else {
+            settings.refresh.min(FIRST_LOAD_RETRY)
+        };
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = tokio::time::sleep(settings.refresh) => {}
+            () = tokio::time::sleep(pause) => {}
         }
     }
 }

@@ -399,9 +399,10 @@ def spike_chart(csv_path, svg_path):
     return svg_path
 
 
-def markdown(results, peer_results, machine, date):
+def markdown(results, peer_results, machine, date, note=""):
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = [f"# Warren benchmark, {date}", "", f"Machine: {machine}", "", f"Commit: {commit or 'unknown'}", "",
+             *([f"Run: {note}.", ""] if note else []),
              "Every process (gateways, consumers, nginx, RabbitMQ, PostgreSQL and the k6 load generator) shares this machine.",
              f"PostgreSQL: {POSTGRES}.",
              "Figures from k6 (HTTP) and scripts/reconcile (events, lag).", "",
@@ -466,6 +467,7 @@ def main():
     parser.add_argument("--db", required=True)
     parser.add_argument("--duration", type=int, default=30)
     parser.add_argument("--scenarios", default="batch,single,mixed,spike")
+    parser.add_argument("--note", default="", help="what sets this run apart, written into the results")
     args = parser.parse_args()
     if not 5 <= args.duration <= 60:
         sys.exit("--duration is 5 to 60 seconds")
@@ -495,11 +497,12 @@ def main():
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
     machine = f"{os.cpu_count()} cores ({cpu}), {round(os.sysconf('SC_PHYS_PAGES') * PAGE / 2**30)} GiB, {platform.system()} {platform.release()}"
     report = {"date": date, "machine": machine, "duration_s": args.duration, "results": results,
+              "note": args.note,
               "postgres": POSTGRES,
               "peer": args.peer, "peer_results": peer_results,
               "chart": str(chart.relative_to(ROOT)) if chart else None}
     (ROOT / "bench" / "results" / f"{date}.json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(results, peer_results, machine, date)
+    text = markdown(results, peer_results, machine, date, args.note)
     if chart:
         text += f"\n![latency versus rate]({date}/{chart.name})\n\nk6 HTML reports: `{date}/<scenario>-report.html` (local only: per-run output is not kept in git).\n"
     logged = [r for r in results if r.get("warnings_log")]

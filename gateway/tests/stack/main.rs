@@ -6,6 +6,7 @@ mod bad_input;
 #[path = "../common/bad_input_cases.rs"]
 mod bad_input_cases;
 mod e2e;
+mod schemas;
 
 /// The URL `scripts/stack up` printed.
 pub fn base_url() -> String {
@@ -15,8 +16,8 @@ pub fn base_url() -> String {
         .to_owned()
 }
 
-/// Adds the stack's key of `scope` (`WARREN_INGEST_KEY` / `WARREN_READ_KEY` from the stack's
-/// keys.env) when the stack runs with auth.
+/// Adds the stack's key of `scope` (`WARREN_INGEST_KEY`, `WARREN_READ_KEY` or `WARREN_ADMIN_KEY`
+/// from the stack's keys.env) when the stack runs with auth.
 pub fn with_key(request: reqwest::RequestBuilder, scope: &str) -> reqwest::RequestBuilder {
     match std::env::var(format!("WARREN_{}_KEY", scope.to_uppercase())) {
         Ok(key) if !key.is_empty() => request.bearer_auth(key),
