@@ -1,7 +1,7 @@
 //! The consumer's operator subcommands other than serving: `dlq list`, `dlq replay` and
 //! `teardown`.
 
-use lapin::{Connection, ConnectionProperties};
+use lapin::ConnectionProperties;
 use service_runtime::config::{amqp_url, Settings};
 use service_runtime::topology::Topology;
 
@@ -58,7 +58,8 @@ pub async fn run_teardown(args: &[String]) -> anyhow::Result<()> {
     let settings = Settings::from_env();
     let url = amqp_url(&settings)?;
     let topology = Topology::from_settings(&settings)?;
-    let connection = Connection::connect(url.expose(), ConnectionProperties::default()).await?;
+    let (connection, _) =
+        service_runtime::amqp::connect(&url, ConnectionProperties::default()).await?;
     let removed = topology.remove(&connection, force).await;
     let _ = connection.close(200, "teardown done".into()).await;
     removed?;
@@ -71,8 +72,8 @@ pub async fn run_teardown(args: &[String]) -> anyhow::Result<()> {
 
 /// Runs a `dlq` command and prints its report.
 pub async fn run_dlq(config: &ConsumerConfig, command: DlqCommand) -> anyhow::Result<()> {
-    let connection =
-        Connection::connect(config.amqp_url.expose(), ConnectionProperties::default()).await?;
+    let (connection, _) =
+        service_runtime::amqp::connect(&config.amqp_url, ConnectionProperties::default()).await?;
     config
         .topology
         .declare(&connection, config.queue_limits)

@@ -86,7 +86,8 @@ async fn session(
 ) -> Result<(), SessionError> {
     let properties =
         ConnectionProperties::default().with_connection_name(LongString::from("warren-consumer"));
-    let connection = Connection::connect(config.amqp_url.expose(), properties).await?;
+    let (connection, node) = service_runtime::amqp::connect(&config.amqp_url, properties).await?;
+    tracing::info!(%node, "consuming connection open");
     config
         .topology
         .declare(&connection, config.queue_limits)

@@ -300,7 +300,8 @@ async fn connect(settings: &BrokerSettings) -> Result<Live, service_runtime::top
 async fn connect_inner(settings: &BrokerSettings) -> Result<Live, lapin::Error> {
     let properties = ConnectionProperties::default()
         .with_connection_name(LongString::from("warren-gateway-publish"));
-    let connection = Connection::connect(settings.url.expose(), properties).await?;
+    let (connection, node) = service_runtime::amqp::connect(&settings.url, properties).await?;
+    tracing::info!(%node, "connected to the broker");
     settings
         .topology
         .declare(&connection, settings.queue_limits)

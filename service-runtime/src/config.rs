@@ -189,29 +189,43 @@ impl fmt::Display for SecretUrl {
     }
 }
 
-/// `WARREN_AMQP_URL`, checked, with `heartbeat=WARREN_AMQP_HEARTBEAT_SECS` (default 10) added
-/// when the URL sets none, so a dead peer is noticed within seconds.
+/// `WARREN_AMQP_URL`, checked: one node's URL, or several nodes of a cluster comma-separated (see
+/// [`crate::amqp`]). Each gets `heartbeat=WARREN_AMQP_HEARTBEAT_SECS` (default 10) when it sets
+/// none, so a dead peer is noticed within seconds.
 pub fn amqp_url(settings: &Settings<'_>) -> Result<SecretUrl, ConfigError> {
-    let url = settings.string("WARREN_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
-    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+    let list = settings.string("WARREN_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+    let seconds: u16 = settings.bounded("WARREN_AMQP_HEARTBEAT_SECS", 10, 0..=600)?;
+    let mut nodes = Vec::new();
+    for url in list.split(',').map(str::trim).filter(|url| !url.is_empty()) {
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            return Err(ConfigError {
+                name: "WARREN_AMQP_URL".into(),
+                value: redact_url(url),
+                reason: "each node's URL must start with amqp:// or amqps://".into(),
+            });
+        }
+        if url.contains("heartbeat=") {
+            nodes.push(url.to_owned());
+        } else {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            nodes.push(format!("{url}{separator}heartbeat={seconds}"));
+        }
+    }
+    if nodes.is_empty() {
         return Err(ConfigError {
             name: "WARREN_AMQP_URL".into(),
-            value: redact_url(&url),
-            reason: "must start with amqp:// or amqps://".into(),
+            value: String::new(),
+            reason: "must name at least one node".into(),
         });
     }
-    let seconds: u16 = settings.bounded("WARREN_AMQP_HEARTBEAT_SECS", 10, 0..=600)?;
-    if url.contains("heartbeat=") {
-        return Ok(SecretUrl::new(url));
-    }
-    let separator = if url.contains('?') { '&' } else { '?' };
-    Ok(SecretUrl::new(format!(
-        "{url}{separator}heartbeat={seconds}"
-    )))
+    Ok(SecretUrl::new(nodes.join(",")))
 }
 
 /// A connection URL with its password replaced, for logs and error messages.
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') {
+        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
+    }
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let credentials = &url[scheme_end + 3..at];
@@ -230,6 +244,29 @@ mod tests {
 
     fn settings(pairs: &[(&str, &str)]) -> Settings<'static> {
         Settings::from_pairs(pairs)
+    }
+
+    #[test]
+    fn a_cluster_is_a_list_of_node_urls_each_with_a_heartbeat() {
+        let url = amqp_url(&settings(&[(
+            "WARREN_AMQP_URL",
+            "amqp://u:p1@a:5672/%2f, amqp://u:p2@b:5672/%2f?heartbeat=3",
+        )]))
+        .unwrap();
+        assert_eq!(
+            url.expose(),
+            "amqp://u:p1@a:5672/%2f?heartbeat=10,amqp://u:p2@b:5672/%2f?heartbeat=3"
+        );
+        assert_eq!(
+            url.redacted(),
+            "amqp://u:***@a:5672/%2f?heartbeat=10,amqp://u:***@b:5672/%2f?heartbeat=3"
+        );
+        let error = amqp_url(&settings(&[(
+            "WARREN_AMQP_URL",
+            "amqp://a:5672/%2f,http://u:secret@b",
+        )]))
+        .unwrap_err();
+        assert!(!error.to_string().contains("secret"), "{error}");
     }
 
     #[test]

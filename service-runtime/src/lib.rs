@@ -4,9 +4,11 @@
 //! drain ([`server`]), JSON responses ([`http_json`]), API keys ([`auth`]) and per-key rate limits
 //! ([`rate_limit`]), Prometheus metrics ([`metrics`]), logs ([`telemetry`]), the shutdown signal
 //! ([`shutdown`]), reconnect backoff ([`backoff`]), the container health probe ([`healthcheck`]),
-//! and the broker names and declarations ([`topology`]).
+//! the broker names and declarations ([`topology`]), and connecting to one node of a broker
+//! cluster ([`amqp`]).
 #![forbid(unsafe_code)]
 
+pub mod amqp;
 pub mod auth;
 pub mod backoff;
 pub mod config;

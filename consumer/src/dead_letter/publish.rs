@@ -46,7 +46,7 @@ impl DeadLetters {
     pub async fn open(amqp_url: &SecretUrl, topology: &Topology) -> Result<Self, lapin::Error> {
         let properties = ConnectionProperties::default()
             .with_connection_name(LongString::from("warren-consumer-dead-letters"));
-        let connection = Connection::connect(amqp_url.expose(), properties).await?;
+        let (connection, _) = service_runtime::amqp::connect(amqp_url, properties).await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
