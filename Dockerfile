@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Warren's images: `--target gateway` and `--target consumer`.
 # Dependencies are compiled in a layer of their own (cargo-chef), so a source change rebuilds only
 # Warren's crates; the runtime images hold the binary and CA certificates, no toolchain, and run
