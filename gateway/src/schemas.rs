@@ -199,44 +199,40 @@ pub struct Schemas {
 impl Schemas {
     /// The set in force, or `None` before the registry first answered.
     pub fn get(&self) -> Option<Arc<SchemaSet>> {
-        match self.current.read() {
-            Ok(guard) => guard.as_ref().map(|(set, _)| Arc::clone(set)),
-            Err(poisoned) => poisoned
-                .into_inner()
-                .as_ref()
-                .map(|(set, _)| Arc::clone(set)),
-        }
+        self.read().as_ref().map(|(set, _)| Arc::clone(set))
     }
 
     /// Replaces the set, as of now.
     pub fn replace(&self, set: Arc<SchemaSet>) {
-        let mut guard = match self.current.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *guard = Some((set, Instant::now()));
+        *self.write() = Some((set, Instant::now()));
     }
 
     /// Marks the set in force as confirmed by the registry now.
     pub fn confirm(&self) {
-        let mut guard = match self.current.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some((_, confirmed)) = guard.as_mut() {
+        if let Some((_, confirmed)) = self.write().as_mut() {
             *confirmed = Instant::now();
         }
     }
 
     /// Seconds since the registry last confirmed the set; `None` before it first answered.
     pub fn age_secs(&self) -> Option<f64> {
-        let guard = match self.current.read() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        guard
+        self.read()
             .as_ref()
             .map(|(_, confirmed)| confirmed.elapsed().as_secs_f64())
+    }
+
+    // A panic while the lock was held cannot leave the value half-written (it is replaced
+    // whole), so a poisoned lock is still safe to use.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Option<(Arc<SchemaSet>, Instant)>> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Option<(Arc<SchemaSet>, Instant)>> {
+        self.current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -312,8 +312,17 @@ impl TestApp {
 
     /// The consumer's `/metrics` page.
     pub async fn consumer_metrics(&self) -> String {
+        self.page(&self.consumer_url("/metrics")).await
+    }
+
+    /// The gateway's `/metrics` page.
+    pub async fn gateway_metrics(&self) -> String {
+        self.page(&self.gateway_url("/metrics")).await
+    }
+
+    async fn page(&self, url: &str) -> String {
         self.client
-            .get(self.consumer_url("/metrics"))
+            .get(url)
             .send()
             .await
             .unwrap()
