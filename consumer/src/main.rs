@@ -6,8 +6,13 @@ use anyhow::Context;
 use consumer::ConsumerConfig;
 use service_runtime::shutdown::shutdown_signal;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let settings = service_runtime::config::Settings::from_env();
+    let runtime = service_runtime::runtime::build(&settings).context("invalid configuration")?;
+    runtime.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("migrate") {
         let settings = service_runtime::config::Settings::from_env();

@@ -8,8 +8,13 @@ use service_runtime::shutdown::shutdown_signal;
 
 const USAGE: &str = "usage: gateway [serve | healthcheck | keygen --scope ingest|read|admin]";
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let settings = service_runtime::config::Settings::from_env();
+    let runtime = service_runtime::runtime::build(&settings).context("invalid configuration")?;
+    runtime.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("keygen") {
         let scope: Scope = match (args.get(1).map(String::as_str), args.get(2)) {

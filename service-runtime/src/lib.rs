@@ -4,8 +4,8 @@
 //! drain ([`server`]), JSON responses ([`http_json`]), API keys ([`auth`]) and per-key rate limits
 //! ([`rate_limit`]), Prometheus metrics ([`metrics`]), logs ([`telemetry`]), the shutdown signal
 //! ([`shutdown`]), reconnect backoff ([`backoff`]), the container health probe ([`healthcheck`]),
-//! the broker names and declarations ([`topology`]), and connecting to one node of a broker
-//! cluster ([`amqp`]).
+//! the broker names and declarations ([`topology`]), connecting to one node of a broker cluster
+//! ([`amqp`]), and the tokio runtime sized by `WARREN_WORKER_THREADS` ([`runtime`]).
 #![forbid(unsafe_code)]
 
 pub mod amqp;
@@ -16,6 +16,7 @@ pub mod healthcheck;
 pub mod http_json;
 pub mod metrics;
 pub mod rate_limit;
+pub mod runtime;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
