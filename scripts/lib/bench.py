@@ -401,6 +401,14 @@ def spike_chart(csv_path, svg_path):
 
 def markdown(results, peer_results, machine, date, note=""):
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    # A results file must say when the code measured was not the commit it names.
+    changed = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"],
+                             capture_output=True, text=True).stdout.rstrip()
+    if commit and changed:
+        commit += " with uncommitted changes to " + ", ".join(line[3:] for line in changed.splitlines())
+    threads = os.environ.get("WARREN_WORKER_THREADS")
+    if threads:
+        note = (note + "; " if note else "") + f"WARREN_WORKER_THREADS={threads} for every gateway and consumer"
     lines = [f"# Warren benchmark, {date}", "", f"Machine: {machine}", "", f"Commit: {commit or 'unknown'}", "",
              *([f"Run: {note}.", ""] if note else []),
              "Every process (gateways, consumers, nginx, RabbitMQ, PostgreSQL and the k6 load generator) shares this machine.",
