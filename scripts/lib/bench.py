@@ -406,9 +406,13 @@ def markdown(results, peer_results, machine, date, note=""):
                              capture_output=True, text=True).stdout.rstrip()
     if commit and changed:
         commit += " with uncommitted changes to " + ", ".join(line[3:] for line in changed.splitlines())
-    threads = os.environ.get("WARREN_WORKER_THREADS")
-    if threads:
-        note = (note + "; " if note else "") + f"WARREN_WORKER_THREADS={threads} for every gateway and consumer"
+    # Settings the caller exported pass through scripts/stack to every gateway and consumer.
+    own = {"WARREN_STACK_DIR", "WARREN_DATABASE_URL", "WARREN_AMQP_PREFIX", "WARREN_LOG"}
+    settings = sorted(f"{name}={value}" for name, value in os.environ.items()
+                      if name.startswith("WARREN_") and name not in own and not name.startswith("WARREN_BENCH_")
+                      and not name.endswith(("_KEY", "_KEYS")))
+    if settings:
+        note = (note + "; " if note else "") + "set for every gateway and consumer: " + ", ".join(settings)
     lines = [f"# Warren benchmark, {date}", "", f"Machine: {machine}", "", f"Commit: {commit or 'unknown'}", "",
              *([f"Run: {note}.", ""] if note else []),
              "Every process (gateways, consumers, nginx, RabbitMQ, PostgreSQL and the k6 load generator) shares this machine.",
