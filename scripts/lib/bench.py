@@ -42,6 +42,10 @@ SCENARIOS = {
     # Closed-loop ceilings with wrk (lighter than k6, so more of the 2 cores go to Warren).
     "wrk-single": ("wrk", {"BATCH": "1"}, 1, "≥ 9 000 events/s stored (step), ≥ 15 000 (target), p99 < 20 ms"),
     "wrk-batch": ("wrk", {"BATCH": "100"}, 100, "≥ 40 000 events/s stored, queue not growing"),
+    # The batch target with the light generator: wrk paced at 400 requests/s of 100 events shaped
+    # like the k6 batch scenario's (four types, a subject), an open loop like k6's.
+    "wrk-batch-rate": ("wrk", {"BATCH": "100", "RATE": "400", "SHAPE": "k6"}, 100,
+                       "≥ 40 000 events/s stored, lag p99 < 250 ms, queue not growing"),
 }
 
 # Events/s the batch scenario offers instead of its 40 000 (--batch-rate), to find the rate
@@ -60,18 +64,55 @@ local headers = {["Content-Type"] = batch == 1 and "application/cloudevents+json
                                    or "application/cloudevents-batch+json"}
 local key = os.getenv("WARREN_INGEST_KEY")
 if key and key ~= "" then headers["Authorization"] = "Bearer " .. key end
+-- WRK_SHAPE=k6: the events of loadtest/lib.js (four types, a subject, three data fields), so a
+-- paced run carries what the k6 batch scenario does; otherwise one type and no subject.
+local k6_shape = os.getenv("WRK_SHAPE") == "k6"
+local types = {"page.viewed", "page.left", "cart.updated", "order.placed"}
+-- WRK_RATE: requests/s over all threads (WRK_THREADS of them), paced; unset: a closed loop.
+local rate = tonumber(os.getenv("WRK_RATE") or "0")
+local interval_ms = rate > 0 and 1000 * tonumber(os.getenv("WRK_THREADS")) / rate or 0
+local ffi, next_due
+if rate > 0 then
+  ffi = require("ffi")
+  ffi.cdef[[
+    typedef struct { long tv_sec; long tv_nsec; } warren_timespec;
+    int clock_gettime(int clock, warren_timespec *now);
+  ]]
+end
+local function now_ms()
+  local now = ffi.new("warren_timespec")
+  ffi.C.clock_gettime(1, now) -- CLOCK_MONOTONIC
+  return tonumber(now.tv_sec) * 1000 + tonumber(now.tv_nsec) / 1e6
+end
 local threads = 0
 function setup(thread)
   threads = threads + 1
   thread:set("id", threads)
 end
+-- Each request takes the thread's next slot on a fixed schedule: a constant arrival rate while
+-- connections are free, and a catch-up (no wait) when the answers fall behind it.
+function delay()
+  if rate == 0 then return 0 end
+  local now = now_ms()
+  next_due = next_due or now
+  local wait = next_due - now
+  next_due = next_due + interval_ms
+  return wait > 0 and wait or 0
+end
 request = function()
   local events = {}
   for i = 1, batch do
     counter = counter + 1
-    events[i] = string.format(
-      '{"specversion":"1.0","id":"%d-%d","source":"/wrk/%s","type":"bench.wrk","data":{"n":%d}}',
-      id, counter, tag, counter)
+    if k6_shape then
+      events[i] = string.format(
+        '{"specversion":"1.0","id":"%d-%d","source":"/wrk/%s","type":"%s","subject":"user/%d",' ..
+        '"data":{"n":%d,"path":"/p/%d","run":"%s"}}',
+        id, counter, tag, types[counter % 4 + 1], (id * 7919 + counter) % 10000, counter, counter % 97, tag)
+    else
+      events[i] = string.format(
+        '{"specversion":"1.0","id":"%d-%d","source":"/wrk/%s","type":"bench.wrk","data":{"n":%d}}',
+        id, counter, tag, counter)
+    end
   end
   local body = batch == 1 and events[1] or ("[" .. table.concat(events, ",") .. "]")
   return wrk.format("POST", "/v1/events", headers, body)
@@ -204,15 +245,17 @@ def wrk_max_ms(text):
     return round(value / 1000 if unit == "us" else value * 1000 if unit == "s" else value, 2)
 
 
-def run_wrk(name, target, duration, stack_dir, out_dir, env_extra, db_url):
-    """wrk at WRK_CONNECTIONS connections for `duration` seconds, then the stored events of the
-    run counted until the count stops growing (the consumers caught up)."""
+def run_wrk(name, env, target, duration, stack_dir, out_dir, env_extra, db_url):
+    """wrk at WRK_CONNECTIONS connections for `duration` seconds (paced when `env` has a RATE),
+    then the stored events of the run counted until the count stops growing (the consumers
+    caught up)."""
     import re
-    _, env, per_request, _ = SCENARIOS[name]
+    per_request = SCENARIOS[name][2]
     tag = f"bench-{name}-{int(time.time())}"
     script = out_dir / f"{name}.lua"
     script.write_text(WRK_SCRIPT)
-    env = {**os.environ, **env_extra, "RUN_TAG": tag, "WRK_BATCH": env["BATCH"]}
+    env = {**os.environ, **env_extra, "RUN_TAG": tag, "WRK_BATCH": env["BATCH"], "WRK_THREADS": str(WRK_THREADS),
+           "WRK_RATE": env.get("RATE", "0"), "WRK_SHAPE": env.get("SHAPE", "")}
     source = f"/wrk/{tag}"
     count_sql = f"SELECT count(*) FROM events WHERE source = '{source}'"
     sampler = Sampler(stack_dir)
@@ -255,7 +298,7 @@ def run_wrk(name, target, duration, stack_dir, out_dir, env_extra, db_url):
                     "max": wrk_max_ms(output)},
         "query_ms": None, "queries": None, "query_kinds_ms": {},
         "processes": sampler.report(), "k6_exit": process.returncode, "rows_before": None,
-        "events_per_s_offered": "closed loop",
+        "events_per_s_offered": int(env["WRK_RATE"]) * per_request if env["WRK_RATE"] != "0" else "closed loop",
         "events_per_s_accepted": round(accepted / max(load_seconds, 1)),
         "events_per_s_stored": round(stored / stored_seconds),
         "drain_after_load_s": round(max(stored_seconds - load_seconds, 0), 1),
@@ -267,10 +310,10 @@ def run_wrk(name, target, duration, stack_dir, out_dir, env_extra, db_url):
 
 def run_scenario(name, target, duration, stack_dir, out_dir, env_extra, db_url):
     script, env, per_request, _ = SCENARIOS[name]
-    if name == "batch" and BATCH_RATE:
+    if name in ("batch", "wrk-batch-rate") and BATCH_RATE:
         env = {**env, "RATE": str(BATCH_RATE // 100)}
     if script == "wrk":
-        return run_wrk(name, target, duration, stack_dir, out_dir, env_extra, db_url)
+        return run_wrk(name, env, target, duration, stack_dir, out_dir, env_extra, db_url)
     tag = f"bench-{name}-{int(time.time())}"
     log = out_dir / f"{tag}.log"
     summary = out_dir / f"{tag}-summary.json"
@@ -462,7 +505,8 @@ def markdown(results, peer_results, machine, date, note=""):
             f"{failed_cell(result)} | {result['dropped_iterations']} | {reconcile.get('missing', '?')} | {reconcile.get('duplicates', '?')} |")
     wrk_runs = [r for r in results if r.get("tool") == "wrk"]
     if wrk_runs:
-        lines += ["", f"wrk runs: {WRK_THREADS} threads, {WRK_CONNECTIONS} connections, closed loop, unique events; "
+        lines += ["", f"wrk runs: {WRK_THREADS} threads, {WRK_CONNECTIONS} connections, unique events, a closed loop "
+                      "unless an offered rate is shown (then paced to it, an open loop); "
                       "stored counted in PostgreSQL until it stopped growing; the \"k6\" column below is wrk."]
     drained = [r for r in results if "drain_after_load_s" in r]
     if drained:
