@@ -48,8 +48,8 @@ SCENARIOS = {
                        "≥ 40 000 events/s stored, lag p99 < 250 ms, queue not growing"),
 }
 
-# Events/s the batch scenario offers instead of its 40 000 (--batch-rate), to find the rate
-# storage sustains; set by main().
+# Events/s that batch and wrk-batch-rate offer instead of their 40 000 (--batch-rate), to find
+# the rate storage sustains; set by main().
 BATCH_RATE = None
 
 WRK_CONNECTIONS = 64
@@ -559,7 +559,7 @@ def main():
     parser.add_argument("--duration", type=int, default=30)
     parser.add_argument("--scenarios", default="batch,single,mixed,spike")
     parser.add_argument("--note", default="", help="what sets this run apart, written into the results")
-    parser.add_argument("--batch-rate", type=int, help="events/s the batch scenario offers (a multiple of 100)")
+    parser.add_argument("--batch-rate", type=int, help="events/s batch and wrk-batch-rate offer (a multiple of 100)")
     args = parser.parse_args()
     if args.batch_rate is not None:
         if not (100 <= args.batch_rate <= 200_000 and args.batch_rate % 100 == 0):
