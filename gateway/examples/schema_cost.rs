@@ -1,6 +1,6 @@
 //! What checking `data` against a registered schema costs per event, on one core: decodes the
-//! bench's batch body (100 events, as `scripts/bench` sends them) repeatedly, without and with the
-//! schema `scripts/bench --schema` registers, and prints the time per event of each.
+//! bench's batch body (100 events, as `scripts/perf/bench` sends them) repeatedly, without and with the
+//! schema `scripts/perf/bench --schema` registers, and prints the time per event of each.
 //!
 //! usage: cargo run --release -p gateway --example schema_cost [rounds]     (default 2000)
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use gateway::decode::{decode_events, Mode};
-use gateway::schemas::{ListedVersion, SchemaSet};
+use gateway::schema_registry::enforce::{ListedVersion, SchemaSet};
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::HeaderMap;
 use shared_types::data_schema::Policy;

@@ -12,7 +12,7 @@ use shared_types::Limits;
 
 use crate::coalesce::CoalesceSettings;
 use crate::publish::BrokerSettings;
-use crate::schema_refresh::RegistrySettings;
+use crate::schema_registry::refresh::RegistrySettings;
 
 /// Everything the gateway needs to run.
 #[derive(Debug, Clone)]

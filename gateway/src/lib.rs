@@ -12,8 +12,7 @@ pub mod dispatch;
 pub mod http;
 pub mod publish;
 pub mod request_id;
-pub mod schema_refresh;
-pub mod schemas;
+pub mod schema_registry;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,10 +58,10 @@ pub async fn serve_with<P: EventPublisher>(
     if !config.auth.is_on() {
         tracing::warn!("WARREN_AUTH=off: anyone who reaches the gateway may ingest events");
     }
-    let schemas = Arc::new(schemas::Schemas::default());
+    let schemas = Arc::new(schema_registry::enforce::Schemas::default());
     let stop_refresh = CancellationToken::new();
     let refresh = config.schema_registry.clone().map(|registry| {
-        tokio::spawn(schema_refresh::run(
+        tokio::spawn(schema_registry::refresh::run(
             registry,
             Arc::clone(&schemas),
             stop_refresh.clone(),

@@ -1,7 +1,8 @@
 //! What both Warren services run on, as opposed to what they say to each other (`shared-types`).
 //!
 //! Settings from `WARREN_*` variables ([`config`]), the hyper server with its bounds and graceful
-//! drain ([`server`]), JSON responses ([`http_json`]), API keys ([`auth`]) and per-key rate limits
+//! drain ([`server`]), JSON responses ([`http_json`]) and the errors both
+//! services map alike ([`http_error`]), API keys ([`auth`]) and per-key rate limits
 //! ([`rate_limit`]), Prometheus metrics ([`metrics`]), logs ([`telemetry`]), the shutdown signal
 //! ([`shutdown`]), reconnect backoff ([`backoff`]), the container health probe ([`healthcheck`]),
 //! the broker names and declarations ([`topology`]), connecting to one node of a broker cluster
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod backoff;
 pub mod config;
 pub mod healthcheck;
+pub mod http_error;
 pub mod http_json;
 pub mod metrics;
 pub mod rate_limit;

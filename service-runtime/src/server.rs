@@ -16,7 +16,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 /// Default of `WARREN_HEADER_TIMEOUT_MS`; also how long an idle keep-alive connection stays open,
-/// so nginx's upstream `keepalive_timeout` must stay below it (`scripts/check-deploy` reads it).
+/// so nginx's upstream `keepalive_timeout` must stay below it (`scripts/check/check-deploy` reads it).
 pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
 
 /// Connection-level bounds.

@@ -14,7 +14,7 @@ const REFRESH_MS: u64 = 200;
 /// The documented bound on how stale a gateway's schemas are while the registry answers: one
 /// refresh interval plus one fetch.
 fn staleness_bound() -> Duration {
-    Duration::from_millis(REFRESH_MS) + gateway::schema_refresh::FETCH_TIMEOUT
+    Duration::from_millis(REFRESH_MS) + gateway::schema_registry::refresh::FETCH_TIMEOUT
 }
 
 async fn spawn_with_registry(extra: &[(&str, &str)]) -> TestApp {

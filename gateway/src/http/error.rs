@@ -3,14 +3,12 @@
 //! The match is exhaustive, so a new error variant cannot ship without a status and a code.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::Full;
-use service_runtime::http_json;
 use shared_types::problem::Problem;
 
 use service_runtime::auth::AuthError;
-use service_runtime::rate_limit::Limited;
+use service_runtime::http_error::{service_error, SharedError};
 
 use crate::decode::DecodeError;
 use crate::publish::PublishError;
@@ -30,30 +28,18 @@ pub enum ApiError {
     /// The connection failed while the body was read.
     #[error("the request body could not be read")]
     BodyRead,
-    /// No such route.
-    #[error("no route for this path")]
-    NotFound,
     /// The request's headers exceed the limit.
     #[error("the request headers exceed {limit} bytes")]
     HeadersTooLarge {
         /// The limit in bytes.
         limit: usize,
     },
-    /// The route exists, but not for this method.
-    #[error("method not allowed")]
-    MethodNotAllowed {
-        /// The methods the route answers.
-        allow: &'static str,
-    },
     /// The gateway is shutting down.
     #[error("the gateway is shutting down")]
     ShuttingDown,
-    /// No key, a wrong key, or a key of the other scope.
+    /// Refused the way every Warren service refuses: auth, rate limit, route, method.
     #[error(transparent)]
-    Auth(#[from] AuthError),
-    /// The key's rate limit is spent.
-    #[error("rate limit exceeded for this API key")]
-    RateLimited(Limited),
+    Shared(#[from] SharedError),
     /// A schema registry is configured but has not answered since the gateway started.
     #[error("the schemas are not loaded yet")]
     SchemasUnavailable,
@@ -82,15 +68,10 @@ impl ApiError {
             },
             ApiError::BodyTimeout => "request_timeout",
             ApiError::BodyRead => "invalid_body",
-            ApiError::NotFound => "not_found",
             ApiError::HeadersTooLarge { .. } => "headers_too_large",
-            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::SchemasUnavailable => "schemas_unavailable",
-            ApiError::Auth(AuthError::Missing) => "unauthenticated",
-            ApiError::Auth(AuthError::Invalid) => "invalid_api_key",
-            ApiError::Auth(AuthError::WrongScope(_)) => "forbidden",
-            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::Shared(error) => error.code(),
         }
     }
 
@@ -114,33 +95,18 @@ impl ApiError {
             }
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::BodyRead => StatusCode::BAD_REQUEST,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Auth(AuthError::Missing | AuthError::Invalid) => StatusCode::UNAUTHORIZED,
-            ApiError::Auth(AuthError::WrongScope(_)) => StatusCode::FORBIDDEN,
-            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Shared(error) => error.status(),
         }
     }
 
     /// The response, in the shared error shape; 503s carry `Retry-After`.
     pub fn into_response(self, retry_after_secs: u64) -> Response<Full<Bytes>> {
+        if let ApiError::Shared(error) = self {
+            return error.into_response();
+        }
         let status = self.status();
         let code = self.code();
-        let allow = match &self {
-            ApiError::MethodNotAllowed { allow } => Some(*allow),
-            _ => None,
-        };
-        let extra = service_runtime::http_json::extra_headers(
-            match &self {
-                ApiError::Auth(error) => Some(error),
-                _ => None,
-            },
-            match &self {
-                ApiError::RateLimited(limited) => Some(limited),
-                _ => None,
-            },
-        );
         let message = match &self {
             ApiError::Decode(DecodeError::InvalidEvents(_)) => {
                 "one or more events are invalid; see details".to_owned()
@@ -152,18 +118,12 @@ impl ApiError {
             ApiError::Decode(DecodeError::Json(problem)) => vec![problem],
             _ => Vec::new(),
         };
-        let mut response = http_json::error(status, code, &message, details);
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
-        }
-        if let Some(allow) = allow {
-            response
-                .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static(allow));
-        }
-        response.headers_mut().extend(extra);
-        response
+        service_error(status, code, &message, details, retry_after_secs)
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        ApiError::Shared(SharedError::Auth(error))
     }
 }

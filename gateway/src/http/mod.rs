@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 use service_runtime::auth::Scope;
+use service_runtime::http_error::SharedError;
 use service_runtime::http_json;
 use service_runtime::rate_limit::RateLimiter;
 use shared_types::Event;
@@ -50,8 +51,8 @@ pub struct AppState<P> {
     pub draining: AtomicBool,
     /// Per-key token buckets for ingest.
     pub limiter: RateLimiter,
-    /// The JSON Schemas in force, kept current by [`crate::schema_refresh`].
-    pub schemas: Arc<crate::schemas::Schemas>,
+    /// The JSON Schemas in force, kept current by [`crate::schema_registry::refresh`].
+    pub schemas: Arc<crate::schema_registry::enforce::Schemas>,
 }
 
 /// Handles one request and writes its log line.
@@ -132,11 +133,14 @@ async fn route<P: EventPublisher>(
     }
     let path = request.uri().path();
     let Some(&(allowed, route)) = ROUTES.iter().find(|(_, route)| *route == path) else {
-        return ("(unmatched)", Err(ApiError::NotFound));
+        return ("(unmatched)", Err(ApiError::Shared(SharedError::NoRoute)));
     };
     if request.method().as_str() != allowed {
         let allow = if allowed == "POST" { "POST" } else { "GET" };
-        return (route, Err(ApiError::MethodNotAllowed { allow }));
+        return (
+            route,
+            Err(ApiError::Shared(SharedError::MethodNotAllowed { allow })),
+        );
     }
     let outcome = match route {
         "/v1/events" => ingest(state, request, request_id).await,
@@ -144,7 +148,7 @@ async fn route<P: EventPublisher>(
         "/readyz" => Ok((readiness(state), 0)),
         "/metrics" => Ok((service_runtime::metrics::response(), 0)),
         "/v1/openapi.json" => Ok((http_json::static_json(OPENAPI), 0)),
-        _ => Err(ApiError::NotFound),
+        _ => Err(ApiError::Shared(SharedError::NoRoute)),
     };
     (route, outcome)
 }
@@ -206,7 +210,7 @@ async fn ingest<P: EventPublisher>(
     let quota = state
         .limiter
         .check(caller, count as f64)
-        .map_err(ApiError::RateLimited)?;
+        .map_err(|limited| ApiError::Shared(SharedError::RateLimited(limited)))?;
     let confirm_started = std::time::Instant::now();
     state
         .dispatcher

@@ -1,5 +1,5 @@
 //! Per-type JSON Schemas enforced at the edge: the compiled set the gateway checks each request's
-//! events against, replaced whole when the registry changes (see [`crate::schema_refresh`]).
+//! events against, replaced whole when the registry changes (see [`crate::schema_registry::refresh`]).
 //!
 //! An event is checked against the version its `dataschema` names (a registry path, see
 //! [`shared_types::data_schema::registered_version`]), else against its type's current version.

@@ -19,7 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::schemas::{ListedVersion, SchemaSet, Schemas};
+use crate::schema_registry::enforce::{ListedVersion, SchemaSet, Schemas};
 
 /// The longest one poll of the registry may take.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
