@@ -6,7 +6,7 @@ use service_runtime::config::{amqp_url, Settings};
 use service_runtime::topology::Topology;
 
 use crate::config::ConsumerConfig;
-use crate::dead_letter::admin;
+use crate::write::dead_letter::admin;
 
 /// Usage of the `dlq` subcommand.
 pub const DLQ_USAGE: &str =

@@ -9,7 +9,7 @@ use service_runtime::rate_limit::{Limit, RateLimiter};
 use service_runtime::server::ServerSettings;
 use service_runtime::topology::{QueueLimits, Topology};
 
-use crate::partitions::Retention;
+use crate::db::partitions::Retention;
 
 /// Everything the consumer needs to run.
 #[derive(Debug, Clone)]

@@ -1,20 +1,16 @@
 //! Warren's consumer: takes envelopes off the store queue, writes them to Postgres exactly once,
 //! acknowledges only after the commit, and serves the read API.
+//!
+//! Two halves over one database: [`write`] (the store queue's worker) and [`read`] (the HTTP
+//! API, queries, the schema registry). They share [`db`] and the worker's [`status`] only.
 #![forbid(unsafe_code)]
 
-pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod db;
-pub mod dead_letter;
-pub mod http;
-pub mod partitions;
-pub mod query;
-pub mod registry;
-pub mod replica;
-pub mod schema;
-pub mod store;
-pub mod worker;
+pub mod read;
+pub mod status;
+pub mod write;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 pub use config::ConsumerConfig;
 
 use crate::db::DbError;
-use crate::http::AppState;
-use crate::worker::WorkerStatus;
+use crate::read::http::AppState;
+use crate::status::WorkerStatus;
 
 /// Runs the consumer until `shutdown` completes: migrates (under an advisory lock, retrying while
 /// the database is unreachable), consumes, serves HTTP; on shutdown it cancels its subscription,
@@ -72,12 +68,12 @@ pub async fn run(
     )?;
     let config = Arc::new(config);
     let status = Arc::new(WorkerStatus::default());
-    let maintenance = tokio::spawn(partitions::maintain(
+    let maintenance = tokio::spawn(db::partitions::maintain(
         write_pool.clone(),
         config.retention,
         cancel.clone(),
     ));
-    let worker = tokio::spawn(worker::run(
+    let worker = tokio::spawn(write::worker::run(
         Arc::clone(&config),
         write_pool.clone(),
         Arc::clone(&status),
@@ -88,7 +84,7 @@ pub async fn run(
     }
     // With a separate read URL (a replica), measure and export how far behind it is.
     let lag_watch = (config.database_read_url.expose() != config.database_url.expose())
-        .then(|| tokio::spawn(replica::watch(read_pool.clone(), cancel.clone())));
+        .then(|| tokio::spawn(read::replica::watch(read_pool.clone(), cancel.clone())));
     let state = Arc::new(AppState {
         read_pool: read_pool.clone(),
         write_pool: write_pool.clone(),
@@ -104,7 +100,7 @@ pub async fn run(
     let stop_worker = cancel.clone();
     service_runtime::server::serve(
         listener,
-        move |request, peer| http::handle(Arc::clone(&state), request, peer),
+        move |request, peer| read::http::handle(Arc::clone(&state), request, peer),
         config.server,
         async move {
             shutdown.await;

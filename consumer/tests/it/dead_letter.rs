@@ -46,7 +46,8 @@ async fn peek_dead_letter(app: &TestApp) -> (String, Vec<u8>) {
         .await
         .unwrap()
         .expect("a dead letter");
-    let reason = consumer::dead_letter::reason_of(message.delivery.properties.headers().as_ref());
+    let reason =
+        consumer::write::dead_letter::reason_of(message.delivery.properties.headers().as_ref());
     let body = message.delivery.data.clone();
     channel
         .basic_nack(
@@ -152,7 +153,7 @@ async fn dlq_list_shows_reasons_and_replay_sends_them_back() {
     app.wait_for_depth(&dead_queue, 2).await;
     let connection = app.amqp().await;
 
-    let report = consumer::dead_letter::admin::list(&connection, &app.topology(), 10)
+    let report = consumer::write::dead_letter::admin::list(&connection, &app.topology(), 10)
         .await
         .unwrap();
 
@@ -176,7 +177,7 @@ async fn dlq_list_shows_reasons_and_replay_sends_them_back() {
         .execute(&mut db)
         .await
         .unwrap();
-    let replayed = consumer::dead_letter::admin::replay(&connection, &app.topology(), 10)
+    let replayed = consumer::write::dead_letter::admin::replay(&connection, &app.topology(), 10)
         .await
         .unwrap();
     assert_eq!(replayed, 2);

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use crate::helpers::{event, spawn_app, TestApp};
 
 fn document() -> Value {
-    serde_json::from_str(consumer::http::OPENAPI).unwrap()
+    serde_json::from_str(consumer::read::http::OPENAPI).unwrap()
 }
 
 fn documented_routes() -> BTreeSet<(String, String)> {
@@ -29,11 +29,11 @@ fn documented_routes() -> BTreeSet<(String, String)> {
 fn document_names_exactly_the_routes_the_services_answer() {
     let answered: BTreeSet<(String, String)> = gateway::http::ROUTES
         .iter()
-        .chain(consumer::http::ROUTES)
+        .chain(consumer::read::http::ROUTES)
         .map(|(method, path)| ((*method).to_owned(), (*path).to_owned()))
         .collect();
     assert_eq!(documented_routes(), answered);
-    assert_eq!(gateway::http::OPENAPI, consumer::http::OPENAPI);
+    assert_eq!(gateway::http::OPENAPI, consumer::read::http::OPENAPI);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
-use consumer::partitions::{self, Retention};
+use consumer::db::partitions::{self, Retention};
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::RunQueryDsl;
 use shared_types::{Event, RequestPart};
@@ -46,7 +46,7 @@ async fn write(app: &TestApp, part: &RequestPart) -> usize {
         Duration::from_secs(5),
     )
     .unwrap();
-    consumer::store::write(&pool, &[part]).await.unwrap()
+    consumer::write::store::write(&pool, &[part]).await.unwrap()
 }
 
 #[derive(diesel::QueryableByName)]
@@ -209,7 +209,7 @@ async fn an_unpartitioned_table_with_rows_is_migrated_into_daily_partitions() {
     // The migrated rows still deduplicate, and new rows continue the sequence.
     let again = part_of("m2", "/old", "2025-03-10T01:00:00Z");
     let fresh = part_of("m4", "/old", "2025-03-10T03:00:00Z");
-    let inserted = consumer::store::insert_events(&mut connection, &[&again, &fresh])
+    let inserted = consumer::write::store::insert_events(&mut connection, &[&again, &fresh])
         .await
         .unwrap();
     assert_eq!(inserted, 1);

@@ -35,7 +35,12 @@ async fn consumer_stopped_between_insert_and_ack_stores_once() {
         Duration::from_secs(5),
     )
     .unwrap();
-    assert_eq!(consumer::store::write(&pool, &[&part]).await.unwrap(), 1);
+    assert_eq!(
+        consumer::write::store::write(&pool, &[&part])
+            .await
+            .unwrap(),
+        1
+    );
     drop(message);
     connection
         .close(200, "simulated crash before ack".into())

@@ -1,5 +1,9 @@
-//! Database plumbing: pools, creating the database, and migrations under an advisory lock so
-//! replicas starting together cannot race.
+//! Database plumbing both sides share: pools, creating the database, migrations under an
+//! advisory lock so replicas starting together cannot race, the daily partitions
+//! ([`partitions`]) and the `events` table as diesel sees it ([`tables`]).
+
+pub mod partitions;
+pub mod tables;
 
 use std::time::Duration;
 

@@ -13,11 +13,13 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use service_runtime::auth::Scope;
+use service_runtime::http_error::SharedError;
 use service_runtime::http_json;
 use shared_types::data_schema::{self, Policy};
 
-use super::{timed, write_connection, AppState, QueryError};
-use crate::registry::{self, VersionView};
+use super::{timed, write_connection, AppState};
+use crate::read::error::ReadError;
+use crate::read::schema_registry::{self, VersionView};
 
 /// The largest schema document accepted, in bytes.
 pub const MAX_SCHEMA_BYTES: usize = 256 * 1024;
@@ -50,7 +52,7 @@ impl SchemaPath {
 
 /// Reads a registry path; `None` when the path is not one (404), `Some(Err)` when its type or
 /// version is malformed (400).
-pub fn parse_path(path: &str) -> Option<Result<SchemaPath, QueryError>> {
+pub fn parse_path(path: &str) -> Option<Result<SchemaPath, ReadError>> {
     let rest = path.strip_prefix("/v1/schemas")?;
     if rest.is_empty() {
         return Some(Ok(SchemaPath::All));
@@ -77,7 +79,7 @@ pub fn parse_path(path: &str) -> Option<Result<SchemaPath, QueryError>> {
     }
 }
 
-fn decode_type(raw: &str) -> Result<String, QueryError> {
+fn decode_type(raw: &str) -> Result<String, ReadError> {
     let bytes = percent_decode(raw).ok_or_else(|| {
         invalid(
             "invalid_type",
@@ -117,8 +119,8 @@ fn percent_decode(raw: &str) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
-fn invalid(code: &'static str, message: impl Into<String>) -> QueryError {
-    QueryError::InvalidInput {
+fn invalid(code: &'static str, message: impl Into<String>) -> ReadError {
+    ReadError::InvalidInput {
         code,
         message: message.into(),
     }
@@ -142,7 +144,7 @@ pub async fn handle(
     state: &AppState,
     request: Request<Incoming>,
     path: SchemaPath,
-) -> Result<Response<Full<Bytes>>, QueryError> {
+) -> Result<Response<Full<Bytes>>, ReadError> {
     let method = request.method().clone();
     let allowed = match path {
         SchemaPath::All => "GET",
@@ -150,7 +152,9 @@ pub async fn handle(
         SchemaPath::Version(..) => "GET, DELETE",
     };
     if !allowed.split(", ").any(|name| name == method.as_str()) {
-        return Err(QueryError::MethodNotAllowed(allowed));
+        return Err(ReadError::Shared(SharedError::MethodNotAllowed {
+            allow: allowed,
+        }));
     }
     let scopes: &[Scope] = if method == Method::GET {
         &[Scope::Read, Scope::Admin]
@@ -165,15 +169,18 @@ pub async fn handle(
     state
         .limiter
         .check(caller, 1.0)
-        .map_err(QueryError::RateLimited)?;
+        .map_err(|limited| ReadError::Shared(SharedError::RateLimited(limited)))?;
     match (method, path) {
         (Method::GET, SchemaPath::All) => list(state, request.uri().query()).await,
         (Method::GET, SchemaPath::Type(event_type)) => {
             let mut connection = write_connection(state).await?;
-            let versions =
-                timed(state, registry::versions_of(&mut connection, &event_type)).await?;
+            let versions = timed(
+                state,
+                schema_registry::versions_of(&mut connection, &event_type),
+            )
+            .await?;
             if versions.is_empty() {
-                return Err(QueryError::SchemaNotFound);
+                return Err(ReadError::SchemaNotFound);
             }
             let current = versions
                 .iter()
@@ -196,10 +203,10 @@ pub async fn handle(
             let mut connection = write_connection(state).await?;
             let found = timed(
                 state,
-                registry::version(&mut connection, &event_type, version),
+                schema_registry::version(&mut connection, &event_type, version),
             )
             .await?
-            .ok_or(QueryError::SchemaNotFound)?;
+            .ok_or(ReadError::SchemaNotFound)?;
             Ok(http_json::json(StatusCode::OK, &VersionView::from(found)))
         }
         (Method::PUT, SchemaPath::Type(event_type)) => {
@@ -209,7 +216,7 @@ pub async fn handle(
             let mut connection = write_connection(state).await?;
             let (version, created) = timed(
                 state,
-                registry::register(
+                schema_registry::register(
                     &mut connection,
                     &event_type,
                     &registration.schema,
@@ -240,13 +247,13 @@ pub async fn handle(
         (Method::DELETE, SchemaPath::Version(event_type, version)) => {
             retire(state, &event_type, Some(version)).await
         }
-        _ => Err(QueryError::NoRoute),
+        _ => Err(ReadError::Shared(SharedError::NoRoute)),
     }
 }
 
 /// `GET /v1/schemas`: each type's current version; `?view=active` lists every version in force
 /// with its schema (what gateways poll).
-async fn list(state: &AppState, query: Option<&str>) -> Result<Response<Full<Bytes>>, QueryError> {
+async fn list(state: &AppState, query: Option<&str>) -> Result<Response<Full<Bytes>>, ReadError> {
     let mut active = false;
     for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match (name.as_ref(), value.as_ref()) {
@@ -263,9 +270,9 @@ async fn list(state: &AppState, query: Option<&str>) -> Result<Response<Full<Byt
     }
     let mut connection = write_connection(state).await?;
     let versions = if active {
-        timed(state, registry::active_versions(&mut connection)).await?
+        timed(state, schema_registry::active_versions(&mut connection)).await?
     } else {
-        timed(state, registry::current_versions(&mut connection)).await?
+        timed(state, schema_registry::current_versions(&mut connection)).await?
     };
     let schemas: Vec<VersionView> = versions.into_iter().map(VersionView::from).collect();
     Ok(http_json::json(
@@ -278,15 +285,15 @@ async fn retire(
     state: &AppState,
     event_type: &str,
     version: Option<i32>,
-) -> Result<Response<Full<Bytes>>, QueryError> {
+) -> Result<Response<Full<Bytes>>, ReadError> {
     let mut connection = write_connection(state).await?;
     let retired = timed(
         state,
-        registry::retire(&mut connection, event_type, version),
+        schema_registry::retire(&mut connection, event_type, version),
     )
     .await?;
     if retired.is_empty() {
-        return Err(QueryError::SchemaNotFound);
+        return Err(ReadError::SchemaNotFound);
     }
     tracing::info!(event_type, ?version, "schema retired");
     let retired: Vec<VersionView> = retired.into_iter().map(VersionView::from).collect();
@@ -296,7 +303,7 @@ async fn retire(
     ))
 }
 
-async fn read_registration(request: Request<Incoming>) -> Result<Registration, QueryError> {
+async fn read_registration(request: Request<Incoming>) -> Result<Registration, ReadError> {
     let body = match tokio::time::timeout(
         BODY_TIMEOUT,
         Limited::new(request.into_body(), MAX_SCHEMA_BYTES).collect(),
@@ -305,7 +312,7 @@ async fn read_registration(request: Request<Incoming>) -> Result<Registration, Q
     {
         Err(_) => return Err(invalid("body_timeout", "the body took too long to arrive")),
         Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
-            return Err(QueryError::BodyTooLarge(MAX_SCHEMA_BYTES))
+            return Err(ReadError::BodyTooLarge(MAX_SCHEMA_BYTES))
         }
         Ok(Err(_)) => return Err(invalid("invalid_body", "the body could not be read")),
         Ok(Ok(collected)) => collected.to_bytes(),

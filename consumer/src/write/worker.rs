@@ -6,7 +6,7 @@
 //! checks and the same batch still fails is it split, and a message that fails alone on a healthy
 //! database is dead-lettered.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -18,24 +18,18 @@ use shared_types::envelope::Envelope;
 use shared_types::RequestPart;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{Batch, Pending};
 use crate::config::ConsumerConfig;
 use crate::db::{self, PgPool};
-use crate::dead_letter::{DeadLetterError, DeadLetters};
-use crate::store;
+use crate::status::WorkerStatus;
+use crate::write::batch::{Batch, Pending};
+use crate::write::dead_letter::{DeadLetterError, DeadLetters};
+use crate::write::store;
 
 /// Failed attempts of one batch, on a database that answers health checks, before it is split.
 const ATTEMPTS_BEFORE_ISOLATING: u32 = 3;
 
 /// Most request ids listed on one batch log line.
 const LOGGED_REQUEST_IDS: usize = 20;
-
-/// What the worker reports to `/readyz`.
-#[derive(Debug, Default)]
-pub struct WorkerStatus {
-    /// Subscribed to the store queue right now.
-    pub consuming: AtomicBool,
-}
 
 /// Why a consuming session ended, other than shutdown.
 #[derive(Debug, thiserror::Error)]

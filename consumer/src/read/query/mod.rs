@@ -18,7 +18,7 @@ use serde_json::Value;
 use shared_types::event::{DataView, StructuredView};
 use shared_types::Event;
 
-use crate::schema::events;
+use crate::db::tables::events;
 use params::{encode_cursor, CountsQuery, Cursor, Filters, ListQuery, LookupQuery, TypeFilter};
 
 /// One stored event, as the list and lookup routes read it.

@@ -3,7 +3,7 @@
 diesel::table! {
     /// One row per CloudEvent; UNIQUE (source, id, received_on), partitioned by `received_on`
     /// (the UTC day of `received_at`). Reads never need that column and writes are plain SQL
-    /// (`store.rs`), so it is left out here.
+    /// (`write/store.rs`), so it is left out here.
     events (seq) {
         /// Insertion order; the stable tie-breaker for pagination.
         seq -> Int8,

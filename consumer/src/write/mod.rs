@@ -1,0 +1,8 @@
+//! The write side: the worker that takes deliveries off the store queue ([`worker`]), gathers
+//! them into batches ([`batch`]), writes each batch in one transaction ([`store`]) and
+//! dead-letters what can never be stored ([`dead_letter`]).
+
+pub mod batch;
+pub mod dead_letter;
+pub mod store;
+pub mod worker;
