@@ -1,6 +1,6 @@
 // queries.js — the read path under load: GET /v1/events with a filter at a constant rate, while
 // batches are ingested at half the batch target. Run it against a stack whose table holds the
-// synthetic events of scripts/prefill (scripts/bench --scenarios queries --prefill 10000000 does
+// synthetic events of scripts/perf/prefill (scripts/perf/bench --scenarios queries --prefill 10000000 does
 // both): the filters pick types, sources and subjects that exist there.
 // Env: BASE_URL, WARREN_INGEST_KEY, WARREN_READ_KEY, RUN_TAG, QUERY_RATE (requests/s, default
 //      500), INGEST_RATE (batch requests/s, default 200 = 20 000 events/s), BATCH (default 100),
@@ -46,7 +46,7 @@ export const options = {
   },
 };
 
-// The shapes of scripts/prefill: 10 families of types with .v1-.v4 variants, 1 000 sources,
+// The shapes of scripts/perf/prefill: 10 families of types with .v1-.v4 variants, 1 000 sources,
 // 100 000 subjects, 30 days.
 const FAMILIES = ['page.viewed', 'page.left', 'page.scrolled', 'order.placed', 'order.paid',
   'cart.viewed', 'cart.updated', 'user.signed_up', 'user.logged_in', 'search.done'];

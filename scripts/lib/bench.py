@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The benchmark driver behind scripts/bench (run that, not this).
+"""The benchmark driver behind scripts/perf/bench (run that, not this).
 
 For each scenario: runs a k6 script against the target, samples RSS and CPU of every process of
 the stack (gateways, consumers, nginx, RabbitMQ, PostgreSQL, k6) twice a second, reconciles the
@@ -20,9 +20,11 @@ import sys
 import threading
 import time
 
+import reconcile  # scripts/lib/reconcile.py, beside this file: the one accepted-versus-stored check
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TICK = os.sysconf("SC_CLK_TCK")
-# Which PostgreSQL the run used; scripts/bench sets it for --postgres compose.
+# Which PostgreSQL the run used; scripts/perf/bench sets it for --postgres compose.
 POSTGRES = os.environ.get("WARREN_BENCH_POSTGRES", "the machine's server, as it is configured")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -36,7 +38,7 @@ SCENARIOS = {
     "single": ("ingest.js", {"RATE": "15000", "VUS": "1500"}, 1, "≥ 15 000 events/s, p99 < 20 ms"),
     "mixed": ("mixed.js", {"RATE": "2000", "VUS": "400"}, 0.9, "90% ingest / 10% queries"),
     "spike": ("spike.js", {"START": "500", "PEAK": "8000", "STEPS": "5", "VUS": "800"}, 1, "find the knee"),
-    # Needs the synthetic events of scripts/prefill (scripts/bench --prefill N) for its filters.
+    # Needs the synthetic events of scripts/perf/prefill (scripts/perf/bench --prefill N) for its filters.
     "queries": ("queries.js", {"QUERY_RATE": "500", "INGEST_RATE": "200", "BATCH": "100", "VUS": "200"}, 100,
                 "queries p99 < 20 ms at 500 req/s while ingesting 20 000 events/s"),
     # Closed-loop ceilings with wrk (lighter than k6, so more of the 2 cores go to Warren).
@@ -134,7 +136,7 @@ def stack_groups(stack_dir, k6_pid):
                 if kind == "nginx":
                     groups["nginx"] += [child for child, (parent, _) in table.items() if parent == int(pid)]
     groups["rabbitmq"] = matching(table, "beam.smp")
-    # scripts/bench --postgres compose names its private cluster's processes warren-bench.
+    # scripts/perf/bench --postgres compose names its private cluster's processes warren-bench.
     groups["postgres"] = matching(table, os.environ.get("WARREN_BENCH_PG_PATTERN", "postgres"))
     if k6_pid:
         groups["k6"] = [k6_pid]
@@ -282,11 +284,8 @@ def run_wrk(name, env, target, duration, stack_dir, out_dir, env_extra, db_url):
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     socket_errors = sum(int(n) for n in socket.groups()) if socket else 0
     accepted = (requests - non_2xx) * per_request
-    distinct = int(psql_value(db_url, f"SELECT count(DISTINCT id) FROM events WHERE source = '{source}'") or 0)
-    lag = psql_value(db_url, "SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1) || ' ' || "
-                             "round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1) FROM "
-                             f"(SELECT extract(epoch FROM stored_at - received_at) * 1000 AS ms FROM events WHERE source = '{source}') lags")
-    lag_p50, lag_p99 = (lag.split() + [None, None])[:2] if lag else (None, None)
+    rows, distinct = reconcile.stored_totals(db_url, source)
+    lag = reconcile.lag_ms(db_url, source)
     stored_seconds = max((last_stored_at(db_url, source) or last_growth) - started, 1)
     return {
         "scenario": name, "run_tag": tag, "seconds": round(load_seconds, 1), "tool": "wrk",
@@ -302,9 +301,7 @@ def run_wrk(name, env, target, duration, stack_dir, out_dir, env_extra, db_url):
         "events_per_s_accepted": round(accepted / max(load_seconds, 1)),
         "events_per_s_stored": round(stored / stored_seconds),
         "drain_after_load_s": round(max(stored_seconds - load_seconds, 0), 1),
-        "reconcile": {"accepted": accepted, "stored": stored, "missing": max(accepted - distinct, 0),
-                      "duplicates": stored - distinct,
-                      "lag_ms": {"p50": lag_p50, "p99": lag_p99}},
+        "reconcile": {**reconcile.by_count(accepted, rows, distinct), "lag_ms": lag},
     }
 
 
@@ -368,16 +365,22 @@ def run_scenario(name, target, duration, stack_dir, out_dir, env_extra, db_url):
         "k6_exit": process.returncode,
         "rows_before": rows_before,
     }
-    offered_rate = {"batch": int(env["RATE"]) * 100, "batch-half": 200 * 100, "single": 15000, "mixed": 2000 * 0.9,
-                    "queries": 200 * 100}.get(name)
+    # Ingest scenarios pace RATE requests/s; the queries scenario paces INGEST_RATE batches/s
+    # beside its queries. Neither key is in every scenario's settings.
+    if "RATE" in env:
+        offered_rate = int(env["RATE"]) * per_request
+    elif "INGEST_RATE" in env:
+        offered_rate = int(env["INGEST_RATE"]) * int(env.get("BATCH", "1"))
+    else:
+        offered_rate = None
     result["events_per_s_offered"] = offered_rate
     if db_url:
-        reconcile = subprocess.run([str(ROOT / "scripts" / "reconcile"), tag, "--log", str(log), "--db", db_url, "--json", "--wait", "60"],
+        checked = subprocess.run([str(ROOT / "scripts" / "reconcile"), tag, "--log", str(log), "--db", db_url, "--json", "--wait", "60"],
                                    capture_output=True, text=True)
         try:
-            reconciled = json.loads(reconcile.stdout)
+            reconciled = json.loads(checked.stdout)
         except json.JSONDecodeError:
-            reconciled = {"error": (reconcile.stderr or reconcile.stdout).strip()[:300]}
+            reconciled = {"error": (checked.stderr or checked.stdout).strip()[:300]}
         result["reconcile"] = reconciled
         if "accepted" in reconciled:
             # Stored rate: everything stored, over the time from the first request until the
@@ -495,14 +498,14 @@ def markdown(results, peer_results, machine, date, note=""):
              "| scenario | target | events/s offered | events/s accepted | events/s stored | HTTP p50 / p95 / p99 (ms) | lag p50 / p99 (ms) | failed requests | dropped iterations | missing | duplicates |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
-        reconcile = result.get("reconcile", {})
-        lag = reconcile.get("lag_ms", {})
+        reconciled = result.get("reconcile", {})
+        lag = reconciled.get("lag_ms", {})
         http = result["http_ms"]
         lines.append(
             f"| {result['scenario']} | {SCENARIOS[result['scenario']][3]} | {result.get('events_per_s_offered') or 'ramp'} | "
             f"{result.get('events_per_s_accepted', '?')} | {result.get('events_per_s_stored', '?')} | "
             f"{http['med']} / {http['p(95)']} / {http['p(99)']} | {lag.get('p50')} / {lag.get('p99')} | "
-            f"{failed_cell(result)} | {result['dropped_iterations']} | {reconcile.get('missing', '?')} | {reconcile.get('duplicates', '?')} |")
+            f"{failed_cell(result)} | {result['dropped_iterations']} | {reconciled.get('missing', '?')} | {reconciled.get('duplicates', '?')} |")
     wrk_runs = [r for r in results if r.get("tool") == "wrk"]
     if wrk_runs:
         lines += ["", f"wrk runs: {WRK_THREADS} threads, {WRK_CONNECTIONS} connections, unique events, a closed loop "

@@ -17,12 +17,13 @@ import csv
 import http.client
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
 import urllib.parse
 from collections import Counter
+
+import reconcile  # scripts/lib/reconcile.py, beside this file: the one accepted-versus-stored check
 
 
 def load(args):
@@ -93,24 +94,13 @@ def load(args):
         writer.writerows(rows)
 
 
-def stored_counts(db, source):
-    query = "SELECT id, count(*) FROM events WHERE source = :'source' GROUP BY id"
-    result = subprocess.run(
-        ["psql", db, "-v", "ON_ERROR_STOP=1", "-v", f"source={source}", "-AtF,", "-f", "-"],
-        input=query, capture_output=True, text=True, check=True)
-    counts = {}
-    for line in result.stdout.splitlines():
-        event_id, count = line.rsplit(",", 1)
-        counts[event_id] = int(count)
-    return counts
-
-
-def reconcile(args):
+def reconcile_run(args):
     with open(args.csv, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    stored = stored_counts(args.db, args.source)
+    stored = reconcile.stored_counts(args.db, args.source)
     accepted = {row["id"] for row in rows if row["status"] == "202"}
     errored = {row["id"] for row in rows if row["status"] != "202"}
+    counted = reconcile.by_ids(accepted, stored, errored)
     errors = Counter("conn" if row["status"] == "0" else row["status"]
                      for row in rows if row["status"] != "202")
     first_202 = None
@@ -125,11 +115,11 @@ def reconcile(args):
         "accepted": len(accepted),
         "errors": dict(sorted(errors.items())),
         "keepalive_resends": sum(int(row["retried"]) for row in rows),
-        "stored": len(stored),
-        "duplicates": sum(count - 1 for count in stored.values()),
-        "lost": len(accepted - stored.keys()),
-        "stored_but_errored": len(errored & stored.keys()),
-        "unknown_stored": len(stored.keys() - accepted - errored),
+        "stored": counted["stored"],
+        "duplicates": counted["duplicates"],
+        "lost": counted["missing"],
+        "stored_but_errored": counted["stored_but_errored"],
+        "unknown_stored": counted["stored_not_accepted"],
         "heal_to_first_202_s": first_202,
         "heal_to_empty_queue_s": args.drained,
     }
@@ -162,7 +152,7 @@ def main():
             sys.exit("rate and duration must be positive")
         load(args)
     else:
-        reconcile(args)
+        reconcile_run(args)
 
 
 if __name__ == "__main__":
