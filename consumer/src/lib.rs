@@ -35,6 +35,7 @@ pub async fn run(
 ) -> Result<(), DbError> {
     // Before any task records: a metric recorded earlier would go to no recorder.
     service_runtime::metrics::install();
+    write::dead_letter::publish::zero_counters();
     for notice in &config.deprecations {
         tracing::warn!(%notice, "deprecated setting");
     }

@@ -105,11 +105,27 @@ fn schema_registry(settings: &Settings<'_>) -> Result<Option<RegistrySettings>, 
     }
     Ok(Some(RegistrySettings {
         url,
-        key: settings
-            .raw("WARREN_SCHEMA_REGISTRY_KEY")
-            .map(secrecy::SecretString::from),
+        key: registry_key(settings)?,
         refresh: settings.millis("WARREN_SCHEMA_REFRESH_MS", 5_000, 100..=300_000)?,
     }))
+}
+
+/// `WARREN_SCHEMA_REGISTRY_KEY`, else the key in the file `WARREN_SCHEMA_REGISTRY_KEY_FILE` names
+/// (a compose stack's generated read key), else none.
+fn registry_key(settings: &Settings<'_>) -> Result<Option<secrecy::SecretString>, ConfigError> {
+    if let Some(key) = settings.raw("WARREN_SCHEMA_REGISTRY_KEY") {
+        return Ok(Some(secrecy::SecretString::from(key)));
+    }
+    let Some(path) = settings.raw("WARREN_SCHEMA_REGISTRY_KEY_FILE") else {
+        return Ok(None);
+    };
+    let key = std::fs::read_to_string(&path).map_err(|error| ConfigError {
+        name: "WARREN_SCHEMA_REGISTRY_KEY_FILE".into(),
+        value: path.clone(),
+        reason: format!("cannot read it: {error}"),
+    })?;
+    let key = key.trim();
+    Ok((!key.is_empty()).then(|| secrecy::SecretString::from(key.to_owned())))
 }
 
 /// `WARREN_SCHEMA_REQUIRED`: on needs a registry to take the schemas from.
@@ -211,6 +227,39 @@ mod tests {
             "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10"
         );
         assert_eq!(config.limits, Limits::default());
+    }
+
+    #[test]
+    fn the_registry_key_comes_from_its_variable_else_from_its_file() {
+        use secrecy::ExposeSecret;
+        let path = std::env::temp_dir().join(format!("warren-registry-key-{}", std::process::id()));
+        std::fs::write(&path, "wrn_read_from_file\n").unwrap();
+        let file = path.display().to_string();
+        let key_of = |pairs: &[(&str, &str)]| {
+            let mut pairs = pairs.to_vec();
+            pairs.push(("WARREN_SCHEMA_REGISTRY_URL", "http://consumer:8082"));
+            config(&pairs)
+                .unwrap()
+                .schema_registry
+                .and_then(|registry| registry.key)
+                .map(|key| key.expose_secret().to_owned())
+        };
+        let from_file = key_of(&[("WARREN_SCHEMA_REGISTRY_KEY_FILE", file.as_str())]);
+        let from_variable = key_of(&[
+            ("WARREN_SCHEMA_REGISTRY_KEY", "wrn_read_from_variable"),
+            ("WARREN_SCHEMA_REGISTRY_KEY_FILE", file.as_str()),
+        ]);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(from_file.as_deref(), Some("wrn_read_from_file"));
+        assert_eq!(from_variable.as_deref(), Some("wrn_read_from_variable"));
+        let missing = config(&[
+            ("WARREN_SCHEMA_REGISTRY_URL", "http://consumer:8082"),
+            (
+                "WARREN_SCHEMA_REGISTRY_KEY_FILE",
+                "/nonexistent/registry.key",
+            ),
+        ]);
+        assert_eq!(missing.unwrap_err().name, "WARREN_SCHEMA_REGISTRY_KEY_FILE");
     }
 
     #[test]

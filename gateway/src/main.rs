@@ -1,12 +1,15 @@
 //! The `gateway` binary: `gateway` serves; `gateway keygen --scope ingest|read|admin` prints a new API
-//! key and its configuration line; `gateway healthcheck` probes a running one.
+//! key and its configuration line; `gateway keys init|show` makes a stack's keys on its first start
+//! and shows them (see `service_runtime::key_store`); `gateway healthcheck` probes a running one.
 
 use anyhow::Context;
 use gateway::GatewayConfig;
 use service_runtime::auth::{generate_key, Scope};
+use service_runtime::key_store;
 use service_runtime::shutdown::shutdown_signal;
 
-const USAGE: &str = "usage: gateway [serve | healthcheck | keygen --scope ingest|read|admin]";
+const USAGE: &str =
+    "usage: gateway [serve | healthcheck | keygen --scope ingest|read|admin | keys init|show]";
 
 fn main() -> anyhow::Result<()> {
     let settings = service_runtime::config::Settings::from_env();
@@ -29,6 +32,13 @@ async fn run() -> anyhow::Result<()> {
             "# or WARREN_{}_KEYS (the hex part)",
             scope.as_str().to_uppercase()
         );
+        return Ok(());
+    }
+    if args.first().map(String::as_str) == Some("keys") {
+        let settings = service_runtime::config::Settings::from_env();
+        let text = key_store::command(args.get(1).map(String::as_str), &settings)
+            .ok_or_else(|| anyhow::anyhow!(USAGE))??;
+        print!("{text}");
         return Ok(());
     }
     let config = GatewayConfig::from_env().context("invalid configuration")?;

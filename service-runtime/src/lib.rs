@@ -2,7 +2,8 @@
 //!
 //! Settings from `WARREN_*` variables ([`config`]), the hyper server with its bounds and graceful
 //! drain ([`server`]), JSON responses ([`http_json`]) and the errors both
-//! services map alike ([`http_error`]), API keys ([`auth`]) and per-key rate limits
+//! services map alike ([`http_error`]), API keys ([`auth`]) and the keys a stack makes for
+//! itself ([`key_store`]), per-key rate limits
 //! ([`rate_limit`]), Prometheus metrics ([`metrics`]), logs ([`telemetry`]), the shutdown signal
 //! ([`shutdown`]), reconnect backoff ([`backoff`]), the container health probe ([`healthcheck`]),
 //! the broker names and declarations ([`topology`]), connecting to one node of a broker cluster
@@ -16,6 +17,7 @@ pub mod config;
 pub mod healthcheck;
 pub mod http_error;
 pub mod http_json;
+pub mod key_store;
 pub mod metrics;
 pub mod rate_limit;
 pub mod runtime;

@@ -127,3 +127,21 @@ impl From<AuthError> for ApiError {
         ApiError::Shared(SharedError::Auth(error))
     }
 }
+
+/// Every `warren_gateway_unavailable_total{cause}` label a 503 can carry, so each series exists at
+/// zero from the start (a dashboard's `rate()` then shows 0, not "no data").
+pub fn unavailable_causes() -> impl Iterator<Item = &'static str> {
+    [
+        PublishError::Unavailable,
+        PublishError::ConnectionLost,
+        PublishError::Blocked,
+        PublishError::Overloaded,
+        PublishError::ConfirmTimeout,
+        PublishError::Nacked,
+        PublishError::Unroutable,
+    ]
+    .into_iter()
+    .map(ApiError::Publish)
+    .chain([ApiError::ShuttingDown, ApiError::SchemasUnavailable])
+    .map(|error| error.code())
+}

@@ -1,7 +1,7 @@
 //! Routes and handlers. Handlers only translate: read the request, call [`crate::decode`] and
 //! the [`Dispatcher`], map the outcome.
 
-mod error;
+pub mod error;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -121,10 +121,19 @@ impl DeadLetters {
                 metrics::counter!("warren_consumer_rejects_total").increment(1);
             }
         }
-        metrics::counter!("warren_consumer_dead_lettered_total", "reason" => "undecodable")
+        metrics::counter!("warren_consumer_dead_lettered_total", "reason" => UNDECODABLE)
             .increment(1);
         Ok(())
     }
+}
+
+/// The `reason` label of events dead-lettered because they cannot be decoded.
+pub const UNDECODABLE: &str = "undecodable";
+
+/// Puts `warren_consumer_dead_lettered_total` at zero, so a dashboard's `rate()` of it shows 0
+/// before the first dead letter instead of "no data".
+pub fn zero_counters() {
+    metrics::counter!("warren_consumer_dead_lettered_total", "reason" => UNDECODABLE).increment(0);
 }
 
 fn truncate(text: &str, max: usize) -> &str {
