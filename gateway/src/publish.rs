@@ -264,6 +264,9 @@ async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
                 }
                 tracing::info!(broker = %redacted, channels = live.channels.len(), "publishing connection open");
                 metrics::gauge!("warren_gateway_broker_connected").set(1.0);
+                // A new connection is not blocked until the broker says so; exported from the
+                // start so a dashboard shows 0, not "no data".
+                metrics::gauge!("warren_gateway_broker_blocked").set(0.0);
                 watch_connection(&shared, &live, events, &cancel).await;
                 metrics::gauge!("warren_gateway_broker_connected").set(0.0);
                 if let Ok(mut slot) = shared.live.write() {
