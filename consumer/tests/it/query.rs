@@ -434,3 +434,49 @@ async fn a_source_alone_or_with_a_type_merges_that_sources_types_in_time_order()
     assert!(ids(&app, "source=/nowhere").await.is_empty());
     app.cleanup().await;
 }
+
+/// The merged-keys statement (a source or a type prefix) and the keyset cursor are raw SQL, which
+/// diesel would parse and plan on every run; they must stay prepared on the connection instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn raw_read_statements_stay_prepared_on_the_connection() {
+    use consumer::read::query::{list_events, params::list_query};
+    use diesel::sql_types::BigInt;
+    use diesel_async::RunQueryDsl;
+
+    #[derive(diesel::QueryableByName)]
+    struct Prepared {
+        #[diesel(sql_type = BigInt)]
+        count: i64,
+    }
+    let app = app_with_events().await;
+    let mut connection = app.db().await;
+    let first_page = list_events(
+        &mut connection,
+        &list_query(Some("type=page.viewed&limit=1")).unwrap(),
+    )
+    .await
+    .unwrap();
+    let cursor = first_page.next_cursor.expect("a second page");
+    for query in [
+        "source=/web&limit=1".to_owned(),
+        "type=page.*&limit=1".to_owned(),
+        format!("type=page.viewed&limit=1&cursor={cursor}"),
+    ] {
+        let query = list_query(Some(&query)).unwrap();
+        list_events(&mut connection, &query).await.unwrap();
+    }
+    let prepared: Prepared = diesel::sql_query(
+        "SELECT count(*) AS count FROM pg_prepared_statements \
+         WHERE statement LIKE 'WITH RECURSIVE types%' OR statement LIKE '%(event_time, seq) < (%'",
+    )
+    .get_result(&mut connection)
+    .await
+    .unwrap();
+    assert!(
+        prepared.count >= 3,
+        "{} of the raw statements are prepared",
+        prepared.count
+    );
+    drop(connection);
+    app.cleanup().await;
+}
