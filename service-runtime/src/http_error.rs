@@ -58,10 +58,10 @@ impl SharedError {
 
     /// The response in the shared error shape, with `WWW-Authenticate`, `Retry-After` and the
     /// `RateLimit-*` headers, or `Allow`, as the error calls for.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub fn into_response(&self) -> Response<Full<Bytes>> {
         let mut response = http_json::simple_error(self.status(), self.code(), &self.to_string());
         let headers = response.headers_mut();
-        match &self {
+        match self {
             SharedError::Auth(error) => headers.extend(http_json::extra_headers(Some(error), None)),
             SharedError::RateLimited(limited) => {
                 headers.extend(http_json::extra_headers(None, Some(limited)))

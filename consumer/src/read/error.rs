@@ -71,9 +71,6 @@ impl ReadError {
 
     /// The response in the shared error shape; 503s carry `Retry-After`.
     pub fn into_response(self, retry_after_secs: u64) -> Response<Full<Bytes>> {
-        if let ReadError::Shared(error) = self {
-            return error.into_response();
-        }
         let (status, code, message) = match &self {
             ReadError::Param(error) => (
                 StatusCode::BAD_REQUEST,
@@ -105,7 +102,7 @@ impl ReadError {
                 "internal",
                 "the query failed".to_owned(),
             ),
-            ReadError::Shared(error) => (error.status(), error.code(), error.to_string()),
+            ReadError::Shared(error) => return error.into_response(),
         };
         let details = match &self {
             ReadError::Param(error) => {

@@ -102,7 +102,7 @@ impl ApiError {
 
     /// The response, in the shared error shape; 503s carry `Retry-After`.
     pub fn into_response(self, retry_after_secs: u64) -> Response<Full<Bytes>> {
-        if let ApiError::Shared(error) = self {
+        if let ApiError::Shared(error) = &self {
             return error.into_response();
         }
         let status = self.status();
