@@ -193,12 +193,25 @@ fn broker(settings: &Settings<'_>, limits: &Limits) -> Result<BrokerSettings, Co
             ),
         });
     }
+    let confirm_timeout = settings.millis("WARREN_CONFIRM_TIMEOUT_MS", 5_000, 10..=120_000)?;
+    let confirm_attempt = settings.millis("WARREN_CONFIRM_ATTEMPT_MS", 1_000, 10..=120_000)?;
+    if confirm_attempt > confirm_timeout {
+        return Err(ConfigError {
+            name: "WARREN_CONFIRM_ATTEMPT_MS".into(),
+            value: confirm_attempt.as_millis().to_string(),
+            reason: format!(
+                "must not exceed WARREN_CONFIRM_TIMEOUT_MS ({} ms), the whole request's deadline",
+                confirm_timeout.as_millis()
+            ),
+        });
+    }
     Ok(BrokerSettings {
         url: amqp_url(settings)?,
         topology: Topology::from_settings(settings)?,
         queue_limits: QueueLimits::from_settings(settings)?,
         channels: settings.bounded("WARREN_PUBLISH_CHANNELS", 4, 1..=256)?,
-        confirm_timeout: settings.millis("WARREN_CONFIRM_TIMEOUT_MS", 5_000, 10..=120_000)?,
+        confirm_timeout,
+        confirm_attempt,
         max_in_flight,
         max_backoff: settings.millis("WARREN_RECONNECT_MAX_BACKOFF_MS", 5_000, 100..=300_000)?,
     })
@@ -227,6 +240,8 @@ mod tests {
             "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10"
         );
         assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.broker.confirm_timeout, Duration::from_secs(5));
+        assert_eq!(config.broker.confirm_attempt, Duration::from_secs(1));
     }
 
     #[test]
@@ -298,5 +313,20 @@ mod tests {
     fn in_flight_bound_below_the_batch_size_is_refused() {
         let error = config(&[("WARREN_MAX_INFLIGHT_PUBLISHES", "10")]).unwrap_err();
         assert_eq!(error.name, "WARREN_MAX_INFLIGHT_PUBLISHES");
+    }
+
+    #[test]
+    fn an_attempt_longer_than_the_request_deadline_is_refused() {
+        let error = config(&[
+            ("WARREN_CONFIRM_TIMEOUT_MS", "2000"),
+            ("WARREN_CONFIRM_ATTEMPT_MS", "3000"),
+        ])
+        .unwrap_err();
+        assert_eq!(error.name, "WARREN_CONFIRM_ATTEMPT_MS");
+        assert!(
+            error.reason.contains("WARREN_CONFIRM_TIMEOUT_MS"),
+            "{}",
+            error.reason
+        );
     }
 }

@@ -58,6 +58,9 @@ pub async fn serve_with<P: EventPublisher>(
     for cause in http::error::unavailable_causes() {
         metrics::counter!("warren_gateway_unavailable_total", "cause" => cause).increment(0);
     }
+    for failover in publish::FAILOVER_COUNTERS {
+        metrics::counter!(failover).increment(0);
+    }
     if !config.auth.is_on() {
         tracing::warn!("WARREN_AUTH=off: anyone who reaches the gateway may ingest events");
     }

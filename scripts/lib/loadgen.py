@@ -109,6 +109,9 @@ def reconcile_run(args):
                  if row["status"] == "202" and float(row["t_sent"]) >= args.heal]
         if after:
             first_202 = round(max(0.0, min(after) - args.heal), 2)
+    latencies = sorted(float(row["t_done"]) - float(row["t_sent"])
+                       for row in rows if row["status"] == "202")
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else None
     result = {
         "scenario": args.name,
         "sent": len(rows),
@@ -122,6 +125,9 @@ def reconcile_run(args):
         "unknown_stored": counted["stored_not_accepted"],
         "heal_to_first_202_s": first_202,
         "heal_to_empty_queue_s": args.drained,
+        "accepted_p99_ms": round(p99 * 1000) if p99 is not None else None,
+        "accepted_max_ms": round(latencies[-1] * 1000) if latencies else None,
+        "leader_moved_s": args.leader_moved,
     }
     print(json.dumps(result))
 
@@ -146,6 +152,8 @@ def main():
     check.add_argument("--name", required=True)
     check.add_argument("--heal", type=float)
     check.add_argument("--drained", type=float)
+    check.add_argument("--leader-moved", type=lambda v: float(v) if v else None, default=None,
+                       help="seconds from the fault until the store queue had a leader elsewhere")
     args = parser.parse_args()
     if args.command == "load":
         if args.rate <= 0 or args.duration <= 0:

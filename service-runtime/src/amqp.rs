@@ -36,17 +36,43 @@ pub async fn connect(
     url: &SecretUrl,
     properties: ConnectionProperties,
 ) -> Result<(Connection, String), lapin::Error> {
+    connect_avoiding(url, properties, None, NODE_TIMEOUT)
+        .await
+        .map(|(connection, node)| (connection, node.url))
+}
+
+/// The node a connection was opened to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectedNode {
+    /// Its position in `WARREN_AMQP_URL`'s list, to avoid it on the next attempt.
+    pub index: usize,
+    /// Its URL, redacted, for logs.
+    pub url: String,
+}
+
+/// As [`connect`], but tries the node at `avoid` last (the one a failover is leaving: killed,
+/// paused or refusing) and gives each node `node_timeout` to finish the handshake, so a
+/// publisher failing over inside a request does not spend its deadline on a paused node.
+pub async fn connect_avoiding(
+    url: &SecretUrl,
+    properties: ConnectionProperties,
+    avoid: Option<usize>,
+    node_timeout: Duration,
+) -> Result<(Connection, ConnectedNode), lapin::Error> {
     let nodes = nodes(url);
     let start = NEXT_NODE.fetch_add(1, Ordering::Relaxed);
     let mut last_error = None;
-    for offset in 0..nodes.len().max(1) {
-        let Some(node) = nodes.get((start + offset) % nodes.len().max(1)) else {
+    for index in attempt_order(nodes.len(), start, avoid) {
+        let Some(node) = nodes.get(index) else {
             break;
         };
-        match tokio::time::timeout(NODE_TIMEOUT, Connection::connect(node, properties.clone()))
+        match tokio::time::timeout(node_timeout, Connection::connect(node, properties.clone()))
             .await
         {
-            Ok(Ok(connection)) => return Ok((connection, redact_url(node))),
+            Ok(Ok(connection)) => {
+                let url = redact_url(node);
+                return Ok((connection, ConnectedNode { index, url }));
+            }
             Ok(Err(error)) => {
                 if nodes.len() > 1 {
                     tracing::warn!(node = %redact_url(node), %error, "broker node refused; trying the next");
@@ -72,6 +98,16 @@ pub async fn connect(
     }))
 }
 
+/// The order to try `count` nodes in: from `start` round the list, with `avoid` moved last.
+fn attempt_order(count: usize, start: usize, avoid: Option<usize>) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..count).map(|offset| (start + offset) % count).collect();
+    if let Some(avoid) = avoid.filter(|_| count > 1) {
+        order.retain(|&index| index != avoid);
+        order.push(avoid);
+    }
+    order
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +123,17 @@ mod tests {
                 "amqp://c:5672/%2f"
             ]
         );
+    }
+
+    #[test]
+    fn the_avoided_node_is_tried_last() {
+        assert_eq!(attempt_order(3, 0, None), [0, 1, 2]);
+        assert_eq!(attempt_order(3, 4, None), [1, 2, 0]);
+        assert_eq!(attempt_order(3, 1, Some(1)), [2, 0, 1]);
+        assert_eq!(attempt_order(3, 0, Some(2)), [0, 1, 2]);
+        // With one node there is nowhere else to go.
+        assert_eq!(attempt_order(1, 7, Some(0)), [0]);
+        assert!(attempt_order(0, 0, Some(0)).is_empty());
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@ mod bad_input;
 #[path = "../common/bad_input_cases.rs"]
 mod bad_input_cases;
 mod broker_down;
+mod failover;
 mod helpers;
 mod rate_limit;
 mod routes;

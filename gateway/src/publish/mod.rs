@@ -1,0 +1,105 @@
+//! The broker side of the gateway: publishing envelopes with confirms.
+//!
+//! [`EventPublisher`] is the seam between HTTP and the broker. [`BrokerPublisher`] is the real one:
+//! its own connection (a blocked publisher must never stall consumers), a pool of confirm-mode
+//! channels shared by all requests, a bound on publishes in flight, and failover inside the
+//! request: what a node refuses, drops or leaves unconfirmed is republished on a fresh channel or
+//! on a connection to another node until the request's deadline (storage deduplicates on
+//! `(source, id)`, so a message published twice is stored once). [`MemoryPublisher`] is the
+//! double that lets HTTP tests run without RabbitMQ.
+
+mod broker;
+mod connection;
+mod memory;
+
+use std::future::Future;
+use std::time::Duration;
+
+use service_runtime::config::SecretUrl;
+use service_runtime::topology::{QueueLimits, Topology};
+
+/// One AMQP message to publish: an encoded envelope and where it goes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingMessage {
+    /// The event type the envelope's events share; topic routing key.
+    pub routing_key: String,
+    /// The encoded envelope.
+    pub body: Vec<u8>,
+    /// The envelope version's media type.
+    pub content_type: &'static str,
+    /// Unique per message, for broker-side tracing.
+    pub message_id: String,
+    /// The request the events came in with.
+    pub request_id: String,
+}
+
+/// Why a publish did not complete; every variant is retryable by the client (503).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// No open broker connection right now.
+    #[error("the broker is unreachable")]
+    Unavailable,
+    /// The broker raised a resource alarm and blocked publishers.
+    #[error("the broker is blocking publishers (resource alarm)")]
+    Blocked,
+    /// Too many publishes are already waiting for confirms.
+    #[error("too many publishes in flight")]
+    Overloaded,
+    /// The broker did not confirm within the configured time.
+    #[error("the broker did not confirm in time")]
+    ConfirmTimeout,
+    /// The broker refused the message (e.g. the store queue is full).
+    #[error("the broker refused the message")]
+    Nacked,
+    /// No queue is bound to take the message.
+    #[error("the message could not be routed to the store queue")]
+    Unroutable,
+    /// The channel or connection failed during the publish.
+    #[error("the broker connection failed during the publish")]
+    ConnectionLost,
+}
+
+pub use broker::BrokerPublisher;
+
+/// The counters that show failovers inside requests (republished attempts, refused channels
+/// replaced, silent nodes left), exported from the start so a dashboard shows 0, not "no data".
+pub const FAILOVER_COUNTERS: [&str; 3] = [
+    "warren_gateway_publish_retries_total",
+    "warren_gateway_channel_replacements_total",
+    "warren_gateway_broker_failovers_total",
+];
+pub use memory::MemoryPublisher;
+
+/// Publishes groups of events durably: `Ok` only when the broker confirmed every message.
+pub trait EventPublisher: Clone + Send + Sync + 'static {
+    /// Publishes all `messages`, pipelined, and waits for every confirm.
+    fn publish(
+        &self,
+        messages: Vec<OutgoingMessage>,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
+
+    /// Whether a publish could succeed now (connection open, channels ready, not blocked).
+    fn is_ready(&self) -> bool;
+}
+
+/// How the gateway talks to the broker.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    /// AMQP URL (may hold a password: never logged unredacted).
+    pub url: SecretUrl,
+    /// Names of the exchange and queues.
+    pub topology: Topology,
+    /// Store-queue arguments, applied only when the queue is first created.
+    pub queue_limits: QueueLimits,
+    /// Confirm-mode channels shared by all requests.
+    pub channels: usize,
+    /// The request's deadline: longest wait for every confirm, failovers included, before 503.
+    pub confirm_timeout: Duration,
+    /// Longest wait for one attempt's confirms before republishing elsewhere; also how long a
+    /// node gets to answer a connection. A paused node is left after this, not after heartbeats.
+    pub confirm_attempt: Duration,
+    /// Most messages published but not yet confirmed, across all requests.
+    pub max_in_flight: usize,
+    /// Longest pause between reconnect attempts.
+    pub max_backoff: Duration,
+}
