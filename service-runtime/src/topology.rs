@@ -8,8 +8,8 @@
 //! maximum length.
 
 use lapin::options::{
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -21,6 +21,7 @@ use crate::config::{ConfigError, Settings};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     prefix: String,
+    shards: u16,
 }
 
 /// Store-queue arguments an operator chooses once, before the queue first exists.
@@ -75,14 +76,27 @@ impl Topology {
                 reason: "use letters, digits, '.', '_' and '-' only".into(),
             });
         }
-        Ok(Topology::new(prefix))
+        let shards = settings.bounded("WARREN_STORE_SHARDS", 1u16, 1..=MAX_SHARDS)?;
+        Ok(Topology::new(prefix).with_shards(shards))
     }
 
-    /// The names under `prefix`.
+    /// The names under `prefix`, with one store queue.
     pub fn new(prefix: impl Into<String>) -> Self {
         Self {
             prefix: prefix.into(),
+            shards: 1,
         }
+    }
+
+    /// The same names with the store queue split into `shards` (`WARREN_STORE_SHARDS`).
+    pub fn with_shards(mut self, shards: u16) -> Self {
+        self.shards = shards.clamp(1, MAX_SHARDS);
+        self
+    }
+
+    /// How many queues the events are stored from.
+    pub fn shards(&self) -> u16 {
+        self.shards
     }
 
     /// The prefix every name starts with (`WARREN_AMQP_PREFIX`).
@@ -95,9 +109,28 @@ impl Topology {
         format!("{}.events", self.prefix)
     }
 
-    /// Quorum queue the consumers store from, bound to every routing key.
+    /// Quorum queue the consumers store from, bound to every routing key, when there is one
+    /// shard; with more, the queue an earlier single-shard deployment left to drain.
     pub fn store_queue(&self) -> String {
         format!("{}.events.store", self.prefix)
+    }
+
+    /// The queues the consumers store from: the store queue, or one per shard
+    /// (`{prefix}.events.store.1` ...), each a quorum queue with its leader placed by the broker
+    /// to balance leaders over the nodes.
+    pub fn store_queues(&self) -> Vec<String> {
+        if self.shards == 1 {
+            return vec![self.store_queue()];
+        }
+        (1..=self.shards)
+            .map(|shard| format!("{}.events.store.{shard}", self.prefix))
+            .collect()
+    }
+
+    /// Consistent-hash exchange between the topic exchange and the shards (several shards
+    /// only): it spreads messages over the shards by their `message_id`.
+    pub fn shard_exchange(&self) -> String {
+        format!("{}.events.shards", self.prefix)
     }
 
     /// Exchange that receives what the store queue dead-letters.
@@ -149,34 +182,105 @@ impl Topology {
         )
         .await?;
 
-        let arguments = self.store_queue_arguments(limits);
-        let channel = match declare_queue(&channel, &self.store_queue(), arguments).await {
-            Ok(()) => channel,
-            Err(error) if is_precondition_failed(&error) => {
-                tracing::warn!(
-                    queue = %self.store_queue(),
-                    %error,
-                    "the store queue exists with other arguments; keeping the existing queue \
-                     (delete it when empty to apply the new settings)"
-                );
-                let channel = connection.create_channel().await?;
-                channel
-                    .queue_declare(
-                        self.store_queue().as_str().into(),
-                        QueueDeclareOptions {
-                            passive: true,
-                            ..QueueDeclareOptions::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await?;
-                channel
-            }
-            Err(error) => return Err(error),
-        };
-        bind(&channel, &self.store_queue(), &self.exchange()).await?;
         channel.close(200, "topology declared".into()).await?;
+        if self.shards == 1 {
+            let queue = self.store_queue();
+            let arguments = self.store_queue_arguments(limits);
+            let channel = declare_store_queue(connection, &queue, arguments).await?;
+            bind(&channel, &queue, &self.exchange()).await?;
+            channel.close(200, "topology declared".into()).await?;
+            return Ok(());
+        }
+        self.declare_shards(connection, limits).await
+    }
+
+    /// The sharded store: the consistent-hash exchange bound to the topic exchange, a quorum
+    /// queue per shard bound to it with equal weight, and the unsharded store queue, when one
+    /// exists, unbound so that it only drains (consumers keep consuming it).
+    async fn declare_shards(
+        &self,
+        connection: &Connection,
+        limits: QueueLimits,
+    ) -> Result<(), lapin::Error> {
+        let channel = connection.create_channel().await?;
+        let mut hashing = FieldTable::default();
+        hashing.insert("hash-property".into(), long_string("message_id"));
+        channel
+            .exchange_declare(
+                self.shard_exchange().as_str().into(),
+                ExchangeKind::Custom("x-consistent-hash".into()),
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                hashing,
+            )
+            .await?;
+        channel
+            .exchange_bind(
+                self.shard_exchange().as_str().into(),
+                self.exchange().as_str().into(),
+                "#".into(),
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel.close(200, "topology declared".into()).await?;
+        for queue in self.store_queues() {
+            let mut arguments = self.store_queue_arguments(limits);
+            arguments.insert("x-queue-leader-locator".into(), long_string("balanced"));
+            let channel = declare_store_queue(connection, &queue, arguments).await?;
+            // For the consistent-hash exchange the routing key is the shard's weight.
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    self.shard_exchange().as_str().into(),
+                    "1".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            channel.close(200, "topology declared".into()).await?;
+        }
+        if self.store_queue_exists(connection).await? {
+            let channel = connection.create_channel().await?;
+            channel
+                .queue_unbind(
+                    self.store_queue().as_str().into(),
+                    self.exchange().as_str().into(),
+                    "#".into(),
+                    FieldTable::default(),
+                )
+                .await?;
+            channel.close(200, "topology declared".into()).await?;
+        }
         Ok(())
+    }
+
+    /// Whether the unsharded store queue exists (with several shards: whether it may still hold
+    /// events to drain).
+    pub async fn store_queue_exists(&self, connection: &Connection) -> Result<bool, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        match channel
+            .queue_declare(
+                self.store_queue().as_str().into(),
+                passive,
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(_) => {
+                channel.close(200, "checked".into()).await?;
+                Ok(true)
+            }
+            // The passive declare of a missing queue closes the channel with NOT_FOUND.
+            Err(error) if is_not_found(&error) => Ok(false),
+            Err(error) => Err(error),
+        }
     }
 
     /// Deletes this prefix's queues and exchanges, for scripts and tests that clean up after
@@ -184,7 +288,11 @@ impl Topology {
     /// mistyped prefix cannot throw events away. (Quorum queues do not support `if-empty` on
     /// delete, so the check is a passive declare just before.) Names that do not exist are fine.
     pub async fn remove(&self, connection: &Connection, force: bool) -> Result<(), RemoveError> {
-        for queue in [self.store_queue(), self.dead_letter_queue()] {
+        let mut queues = vec![self.store_queue(), self.dead_letter_queue()];
+        if self.shards > 1 {
+            queues.extend(self.store_queues());
+        }
+        for queue in queues {
             let channel = connection.create_channel().await?;
             let passive = QueueDeclareOptions {
                 passive: true,
@@ -210,7 +318,11 @@ impl Topology {
                 Err(error) => return Err(error.into()),
             }
         }
-        for exchange in [self.exchange(), self.dead_letter_exchange()] {
+        for exchange in [
+            self.exchange(),
+            self.dead_letter_exchange(),
+            self.shard_exchange(),
+        ] {
             let channel = connection.create_channel().await?;
             channel
                 .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
@@ -285,6 +397,43 @@ pub async fn with_setup_timeout<T>(
     }
 }
 
+/// The most store shards `WARREN_STORE_SHARDS` accepts.
+pub const MAX_SHARDS: u16 = 64;
+
+/// Declares a store queue; when it exists with other arguments, keeps it (passively declared)
+/// and warns. Returns an open channel for its bindings.
+async fn declare_store_queue(
+    connection: &Connection,
+    queue: &str,
+    arguments: FieldTable,
+) -> Result<Channel, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    match declare_queue(&channel, queue, arguments).await {
+        Ok(()) => Ok(channel),
+        Err(error) if is_precondition_failed(&error) => {
+            tracing::warn!(
+                %queue,
+                %error,
+                "the store queue exists with other arguments; keeping the existing queue \
+                 (delete it when empty to apply the new settings)"
+            );
+            let channel = connection.create_channel().await?;
+            channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok(channel)
+        }
+        Err(error) => Err(error),
+    }
+}
+
 fn long_string(text: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(text))
 }
@@ -334,4 +483,46 @@ fn is_precondition_failed(error: &lapin::Error) -> bool {
 
 fn is_not_found(error: &lapin::Error) -> bool {
     is_soft_error(error, AMQPSoftError::NOTFOUND)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_shard_is_the_single_store_queue() {
+        let topology = Topology::new("w");
+        assert_eq!(topology.store_queues(), ["w.events.store"]);
+    }
+
+    #[test]
+    fn shards_are_numbered_from_one_beside_the_single_queue() {
+        let topology = Topology::new("w").with_shards(3);
+        assert_eq!(
+            topology.store_queues(),
+            ["w.events.store.1", "w.events.store.2", "w.events.store.3"]
+        );
+        assert_eq!(topology.shard_exchange(), "w.events.shards");
+        assert_eq!(topology.store_queue(), "w.events.store");
+    }
+
+    #[test]
+    fn the_shard_count_is_read_and_bounded() {
+        let shards = |value: &str| {
+            Topology::from_settings(&Settings::from_pairs(&[("WARREN_STORE_SHARDS", value)]))
+                .map(|topology| topology.shards())
+        };
+        assert_eq!(shards("4").ok(), Some(4));
+        assert_eq!(
+            shards("0").err().map(|error| error.name),
+            Some("WARREN_STORE_SHARDS".to_owned())
+        );
+        assert!(shards("65").is_err());
+        assert_eq!(
+            Topology::from_settings(&Settings::from_pairs(&[]))
+                .ok()
+                .map(|topology| topology.shards()),
+            Some(1)
+        );
+    }
 }

@@ -14,6 +14,7 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::{FieldTable, LongString};
 use lapin::{Connection, ConnectionProperties};
 use service_runtime::backoff::backoff;
+use service_runtime::topology::Topology;
 use shared_types::envelope::Envelope;
 use shared_types::RequestPart;
 use tokio_util::sync::CancellationToken;
@@ -102,25 +103,42 @@ async fn consume(
     connection: &Connection,
     dead_letters: &DeadLetters,
 ) -> Result<(), SessionError> {
+    let queues = queues_to_consume(&config.topology, connection).await?;
     let channel = connection.create_channel().await?;
+    // Prefetch applies per consumer on quorum queues: split it so the total stays bounded.
+    let per_queue = config
+        .batch
+        .prefetch
+        .div_ceil(u16::try_from(queues.len()).unwrap_or(u16::MAX))
+        .max(1);
     channel
-        .basic_qos(config.batch.prefetch, BasicQosOptions::default())
+        .basic_qos(per_queue, BasicQosOptions::default())
         .await?;
     let tag = format!(
         "warren-consumer-{}-{}",
         std::process::id(),
         uuid::Uuid::new_v4().simple()
     );
-    let mut deliveries = channel
-        .basic_consume(
-            config.topology.store_queue().as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut subscriptions = Vec::with_capacity(queues.len());
+    let mut tags = Vec::with_capacity(queues.len());
+    for (index, queue) in queues.iter().enumerate() {
+        let queue_tag = format!("{tag}-{index}");
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                queue_tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!(%queue, consumer_tag = %queue_tag, prefetch = per_queue, "consuming");
+        subscriptions.push(consumer);
+        tags.push(queue_tag);
+    }
+    // One channel for every queue: its delivery tags are one sequence, so acking a batch with
+    // `multiple` up to its highest tag covers deliveries from every shard.
+    let mut deliveries = futures_util::stream::select_all(subscriptions);
     status.consuming.store(true, Ordering::Release);
-    tracing::info!(queue = %config.topology.store_queue(), consumer_tag = %tag, "consuming");
 
     let mut batch = Batch::new(config.batch);
     loop {
@@ -129,9 +147,11 @@ async fn consume(
             biased;
             () = cancel.cancelled() => {
                 status.consuming.store(false, Ordering::Release);
-                let _ = channel
-                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                    .await;
+                for tag in &tags {
+                    let _ = channel
+                        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                        .await;
+                }
                 flush(config, pool, dead_letters, &mut batch, cancel).await?;
                 return Ok(());
             }
@@ -179,6 +199,19 @@ async fn consume(
             }
         }
     }
+}
+
+/// The store queues, and with several shards also the unsharded store queue while it exists, so
+/// what a single-shard deployment left in it is drained after the switch (docs/scaling.md).
+async fn queues_to_consume(
+    topology: &Topology,
+    connection: &Connection,
+) -> Result<Vec<String>, SessionError> {
+    let mut queues = topology.store_queues();
+    if topology.shards() > 1 && topology.store_queue_exists(connection).await? {
+        queues.push(topology.store_queue());
+    }
+    Ok(queues)
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -342,14 +342,29 @@ impl TestApp {
     }
 
     pub fn topology(&self) -> service_runtime::topology::Topology {
-        service_runtime::topology::Topology::new(self.prefix.clone())
+        service_runtime::topology::Topology::new(self.prefix.clone()).with_shards(self.shards())
+    }
+
+    /// `WARREN_STORE_SHARDS` as this app runs with it.
+    pub fn shards(&self) -> u16 {
+        self.extra_env
+            .iter()
+            .find(|(name, _)| name == "WARREN_STORE_SHARDS")
+            .and_then(|(_, value)| value.parse().ok())
+            .unwrap_or(1)
+    }
+
+    /// Changes a setting for the services started after this call.
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.extra_env.retain(|(existing, _)| existing != name);
+        self.extra_env.push((name.to_owned(), value.to_owned()));
     }
 
     /// Stops both services, deletes the queues and exchanges, and drops the database.
     pub async fn cleanup(mut self) {
         self.stop_gateway().await;
         self.stop_consumer().await;
-        remove_resources(&self.prefix, &self.db_name).await;
+        remove_resources(&self.prefix, self.shards(), &self.db_name).await;
         self.db_name.clear();
     }
 }
@@ -360,7 +375,7 @@ impl Drop for TestApp {
         if self.db_name.is_empty() {
             return;
         }
-        let (prefix, db_name) = (self.prefix.clone(), self.db_name.clone());
+        let (prefix, shards, db_name) = (self.prefix.clone(), self.shards(), self.db_name.clone());
         // Stop the services before deleting their queues, or a consumer would redeclare them.
         // Drop cannot await: abort the tasks and wait (bounded) until the runtime has ended them.
         // On a current-thread runtime they cannot run again once the test panicked, so the wait
@@ -383,15 +398,15 @@ impl Drop for TestApp {
                 .enable_all()
                 .build()
             {
-                runtime.block_on(remove_resources(&prefix, &db_name));
+                runtime.block_on(remove_resources(&prefix, shards, &db_name));
             }
         })
         .join();
     }
 }
 
-async fn remove_resources(prefix: &str, db_name: &str) {
-    let topology = service_runtime::topology::Topology::new(prefix.to_owned());
+async fn remove_resources(prefix: &str, shards: u16, db_name: &str) {
+    let topology = service_runtime::topology::Topology::new(prefix.to_owned()).with_shards(shards);
     if let Ok(connection) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
     {
         let _ = topology.remove(&connection, true).await;

@@ -14,5 +14,6 @@ mod query;
 mod redelivery;
 mod replica;
 mod schemas;
+mod shards;
 mod teardown;
 mod timeout;
