@@ -126,6 +126,7 @@ def reconcile_run(args):
         "heal_to_first_202_s": first_202,
         "heal_to_empty_queue_s": args.drained,
         "accepted_p99_ms": round(p99 * 1000) if p99 is not None else None,
+        "storage_lag_ms": reconcile.lag_ms(args.db, args.source),
         "accepted_max_ms": round(latencies[-1] * 1000) if latencies else None,
         "leader_moved_s": args.leader_moved,
     }

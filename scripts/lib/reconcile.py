@@ -33,11 +33,18 @@ def stored_totals(db, source):
 def lag_ms(db, source):
     """End-to-end lag (stored_at - received_at) percentiles of `source`'s rows, in ms."""
     line = psql(db, """SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP
-                         (ORDER BY extract(epoch FROM stored_at - received_at) * 1000)
+                         (ORDER BY extract(epoch FROM stored_at - received_at) * 1000),
+                       max(extract(epoch FROM stored_at - received_at) * 1000)
                        FROM events WHERE source = :'source'""", source)
-    values = line[0].strip("{}").split(",") if line and line[0] else []
-    p50, p95, p99 = (round(float(v), 1) for v in values) if len(values) == 3 else (None, None, None)
-    return {"p50": p50, "p95": p95, "p99": p99}
+    values = []
+    if line and line[0] and "}" in line[0]:
+        percentiles, _, longest = line[0].partition("}")
+        values = percentiles.strip('"{').split(",") + [longest.strip(",")]
+    if len(values) == 4 and all(values):
+        p50, p95, p99, longest = (round(float(v), 1) for v in values)
+    else:
+        p50, p95, p99, longest = None, None, None, None
+    return {"p50": p50, "p95": p95, "p99": p99, "max": longest}
 
 
 def by_ids(accepted, stored, errored=frozenset()):
