@@ -145,7 +145,7 @@ impl EventPublisher for BrokerPublisher {
             )
             .await;
             if outcome.iter().any(Result::is_ok) {
-                live.mark_warm();
+                live.mark_registered(slot, &channel);
             }
             let Some(error) = worst(&outcome) else {
                 return Ok(());

@@ -18,7 +18,7 @@
 //! while the queue's old leader was down (its enqueuer registration asks the dead node and gives
 //! up), until that node comes back; a new channel asks the queue's current leader.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -128,6 +128,10 @@ pub(super) struct Live {
     warm: AtomicBool,
     /// A liveness check of its node is running.
     checking: AtomicBool,
+    /// Per slot, 1 + the id of its channel once a publish on it was confirmed (0: none yet).
+    /// Such a channel is registered with the store queue, so a refusal on it is the queue's
+    /// answer (full), not the stuck registration a fresh channel cures.
+    registered: Vec<AtomicU32>,
     /// Fired by a publisher that stopped trusting this connection.
     abandoned: CancellationToken,
 }
@@ -140,13 +144,33 @@ impl Live {
         Some((slot, channel))
     }
 
+    /// Records that a publish on `channel`, in `slot`, was confirmed.
+    pub(super) fn mark_registered(&self, slot: usize, channel: &Channel) {
+        if !self.warm.load(Ordering::Relaxed) {
+            self.warm.store(true, Ordering::Relaxed);
+        }
+        if let Some(registered) = self.registered.get(slot) {
+            let id = u32::from(channel.id()) + 1;
+            if registered.load(Ordering::Relaxed) != id {
+                registered.store(id, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Replaces the channel in `slot` with a new confirm-mode channel, unless another publisher
-    /// already did (the slot no longer holds `refused`). The old channel is closed, so
-    /// publishes still waiting on it fail over as well.
+    /// already did (the slot no longer holds `refused`) or the channel had publishes confirmed
+    /// (then a refusal is the queue's, e.g. full, and a new channel would not help). The old
+    /// channel is closed, so publishes still waiting on it fail over as well.
     pub(super) async fn replace_channel(&self, slot: usize, refused: &Channel) {
         let Some(current) = self.channels.get(slot) else {
             return;
         };
+        let registered = self.registered.get(slot).is_some_and(|registered| {
+            registered.load(Ordering::Relaxed) == u32::from(refused.id()) + 1
+        });
+        if registered && refused.status().connected() {
+            return;
+        }
         if current
             .read()
             .map(|c| c.id() != refused.id())
@@ -216,11 +240,6 @@ impl Live {
     /// Whether a publish on it was confirmed since it opened.
     pub(super) fn is_warm(&self) -> bool {
         self.warm.load(Ordering::Relaxed)
-    }
-
-    /// Records a confirmed publish.
-    pub(super) fn mark_warm(&self) {
-        self.warm.store(true, Ordering::Relaxed);
     }
 }
 
@@ -358,6 +377,7 @@ async fn connect_inner(
         blocked: AtomicBool::new(false),
         warm: AtomicBool::new(false),
         checking: AtomicBool::new(false),
+        registered: (0..settings.channels).map(|_| AtomicU32::new(0)).collect(),
         abandoned: CancellationToken::new(),
     })
 }
