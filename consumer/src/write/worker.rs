@@ -104,6 +104,14 @@ async fn consume(
     dead_letters: &DeadLetters,
 ) -> Result<(), SessionError> {
     let queues = queues_to_consume(&config.topology, connection).await?;
+    // The depth reader lives as long as this session.
+    let stop_depth = cancel.child_token();
+    let _stop_depth_on_return = stop_depth.clone().drop_guard();
+    tokio::spawn(crate::write::depth::report(
+        connection.create_channel().await?,
+        queues.clone(),
+        stop_depth,
+    ));
     let channel = connection.create_channel().await?;
     // Prefetch applies per consumer on quorum queues: split it so the total stays bounded.
     let per_queue = config

@@ -31,6 +31,21 @@ async fn events_spread_over_the_shards_and_every_shard_is_stored() {
         app.wait_for_depth(shard, 0).await;
     }
     assert_eq!(app.count_rows().await, 30);
+    // The consumer reports each shard's depth.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(12);
+    loop {
+        let metrics = app.consumer_metrics().await;
+        let reported = shards.iter().all(|shard| {
+            metrics.contains(&format!(
+                "warren_consumer_store_queue_messages{{queue=\"{shard}\"}} 0"
+            ))
+        });
+        if reported {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     app.cleanup().await;
 }
 
