@@ -74,6 +74,27 @@ async fn the_read_api_is_served_from_a_streaming_replica_and_a_dead_replica_is_a
     let replica_db = format!("{}/{}", replica.base_url, app.db_name);
     let source = "/tests";
 
+    // The replica replays the primary's WAL asynchronously: wait until it has this test's
+    // database and table (created on the primary a moment ago) before reading from it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let replayed = match consumer::db::connect(&replica_db).await {
+            Ok(mut standby) => diesel::sql_query("SELECT 1 FROM events LIMIT 0")
+                .execute(&mut standby)
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        if replayed {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replica never received the test's database"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Full ingest on the primary while the read API answers from the replica.
     let batches = 10;
     let ingest = {
@@ -103,9 +124,10 @@ async fn the_read_api_is_served_from_a_streaming_replica_and_a_dead_replica_is_a
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 200, "a query failed during ingest");
-        answered += 1;
+        let status = response.status();
         let page: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "a query failed during ingest: {page}");
+        answered += 1;
         if page["events"].as_array().unwrap().len() == 1000 && ingest.is_finished() {
             break;
         }
