@@ -60,12 +60,14 @@ pub async fn run(
         config.pool_size,
         config.pool_timeout,
         config.write_timeout,
+        db::Plans::ServerChoice,
     )?;
     let read_pool = db::pool(
         config.database_read_url.expose(),
         config.pool_size,
         config.pool_timeout,
         config.statement_timeout,
+        db::Plans::Generic,
     )?;
     let config = Arc::new(config);
     let status = Arc::new(WorkerStatus::default());

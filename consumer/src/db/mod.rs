@@ -47,20 +47,43 @@ pub enum DbError {
     NoDatabaseName(String),
 }
 
+/// How a pool's connections let PostgreSQL plan the statements they prepare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plans {
+    /// The server's choice (plans for the values of the first runs, then maybe a generic one):
+    /// the write side, whose statements touch one or two partitions.
+    ServerChoice,
+    /// One generic plan per prepared statement, made on its first run and reused. The read
+    /// API's list statements are shaped so that one index answers them whatever the values
+    /// (migrations/2026-12-01-000001_type_estimate_for_generic_plans); planning them for their
+    /// values walked every daily partition and its indexes on every request, ten times the
+    /// cost of running them. A statement that needs a plan for its values asks for it itself.
+    Generic,
+}
+
 /// A pool whose connections cancel any statement running longer than `statement_timeout`.
 pub fn pool(
     url: &str,
     size: usize,
     wait_timeout: Duration,
     statement_timeout: Duration,
+    plans: Plans,
 ) -> Result<PgPool, DbError> {
-    let millis = statement_timeout.as_millis();
+    // One round trip sets every session setting.
+    let mut settings = format!(
+        "SELECT set_config('statement_timeout', '{}', false)",
+        statement_timeout.as_millis()
+    );
+    if plans == Plans::Generic {
+        settings += ", set_config('plan_cache_mode', 'force_generic_plan', false)";
+    }
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
     manager_config.custom_setup = Box::new(move |url| {
         let url = url.to_owned();
+        let settings = settings.clone();
         Box::pin(async move {
             let mut connection = AsyncPgConnection::establish(&url).await?;
-            diesel::sql_query(format!("SET statement_timeout = {millis}"))
+            diesel::sql_query(settings)
                 .execute(&mut connection)
                 .await
                 .map_err(ConnectionError::CouldntSetupConfiguration)?;

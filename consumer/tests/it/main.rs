@@ -10,6 +10,7 @@ mod metrics;
 mod openapi;
 mod outage;
 mod partitions;
+mod plans;
 mod query;
 mod redelivery;
 mod replica;

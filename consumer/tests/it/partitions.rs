@@ -44,6 +44,7 @@ async fn write(app: &TestApp, part: &RequestPart) -> usize {
         1,
         Duration::from_secs(5),
         Duration::from_secs(5),
+        consumer::db::Plans::ServerChoice,
     )
     .unwrap();
     consumer::write::store::write(&pool, &[part]).await.unwrap()

@@ -33,6 +33,7 @@ async fn consumer_stopped_between_insert_and_ack_stores_once() {
         1,
         Duration::from_secs(5),
         Duration::from_secs(5),
+        consumer::db::Plans::ServerChoice,
     )
     .unwrap();
     assert_eq!(

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use diesel::dsl::sql;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 use serde_json::Value;
 use shared_types::event::{DataView, StructuredView};
@@ -341,8 +341,9 @@ pub async fn count_events(
         "NULL::text"
     };
     // Only the filters present appear in the statement, so every plan can use the matching
-    // index. It is planned for its values on every run (not cached, unlike the list queries):
-    // a generic plan cannot see how wide the time range is, and a wide count wants another plan.
+    // index. It is planned for its values on every run (not cached, and custom plans forced for
+    // this transaction although the read pool asks for generic ones): a generic plan cannot see
+    // how wide the time range is, and a wide count wants another plan.
     let mut conditions = vec!["event_time >= $1".to_owned(), "event_time < $2".to_owned()];
     let mut texts: Vec<String> = Vec::new();
     let mut condition = |clause: &str, value: String| {
@@ -374,7 +375,14 @@ pub async fn count_events(
     for text in texts {
         bound = bound.bind::<Text, _>(text);
     }
-    let rows: Vec<CountRow> = bound.load(connection).await?;
+    let rows: Vec<CountRow> = connection
+        .transaction(async |connection| {
+            diesel::sql_query("SET LOCAL plan_cache_mode = force_custom_plan")
+                .execute(connection)
+                .await?;
+            bound.load(connection).await
+        })
+        .await?;
 
     let mut by_start: BTreeMap<i64, CountBucket> = query
         .bucket_starts()
