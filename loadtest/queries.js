@@ -4,7 +4,8 @@
 // both): the filters pick types, sources and subjects that exist there.
 // Env: BASE_URL, WARREN_INGEST_KEY, WARREN_READ_KEY, RUN_TAG, QUERY_RATE (requests/s, default
 //      500), INGEST_RATE (batch requests/s, default 200 = 20 000 events/s), BATCH (default 100),
-//      DURATION (default 60s), VUS (default 200).
+//      DURATION (default 60s), VUS (default 200), KINDS (the filter shapes to send, comma-separated,
+//      default all six: type, type_prefix, source, subject, window, type_window).
 import { check } from 'k6';
 import http from 'k6/http';
 import { BASE_URL, ingest, readHeaders } from './lib.js';
@@ -54,13 +55,19 @@ const pick = (items) => items[Math.floor(Math.random() * items.length)];
 const variant = () => pick(FAMILIES) + pick(['', '.v1', '.v2', '.v3', '.v4']);
 const DAY_MS = 86400000;
 
+const SHAPES = ['type', 'type_prefix', 'source', 'subject', 'window', 'type_window'];
+const KINDS = (__ENV.KINDS || SHAPES.join(',')).split(',').map((kind) => {
+  if (!SHAPES.includes(kind)) throw new Error(`KINDS: unknown shape ${kind}`);
+  return SHAPES.indexOf(kind);
+});
+
 // One filter of each shape the read API serves, with the shape's name for the per-kind figures.
 function filter() {
   const timeWindow = () => {
     const until = Date.now() - Math.floor(Math.random() * 29) * DAY_MS;
     return `since=${new Date(until - DAY_MS).toISOString()}&until=${new Date(until).toISOString()}`;
   };
-  switch (Math.floor(Math.random() * 6)) {
+  switch (pick(KINDS)) {
     case 0: return ['type', `type=${variant()}`];
     case 1: return ['type_prefix', `type=${pick(['page', 'order', 'cart', 'user', 'search'])}.*`];
     case 2: return ['source', `source=${encodeURIComponent(`https://app${Math.floor(Math.random() * 1000)}.example/web`)}`];

@@ -24,7 +24,7 @@ use cached::CachedBySql;
 use params::{encode_cursor, CountsQuery, Cursor, Filters, ListQuery, LookupQuery, TypeFilter};
 
 /// One stored event, as the list and lookup routes read it.
-#[derive(Debug, Queryable, Selectable)]
+#[derive(Debug, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = events)]
 #[diesel(check_for_backend(diesel::pg::Pg))]
 pub struct StoredEvent {
@@ -143,20 +143,19 @@ async fn list_rows(
 /// matching events are among the newest, but a prefix whose events are older than a day of other
 /// traffic makes it read that whole day (seen: seconds per query on 10 M rows, and a backlog of
 /// them). Instead, a loose index scan lists the distinct matching types (one index descent each),
-/// each type's newest `limit + 1` keys come from the `(type, event_time, seq)` index, or from
-/// `(source, type, event_time, seq)` when a source is named, and only the merged top `limit + 1`
-/// rows are read whole. The cost grows with the number of matching types, not with how far back
-/// their events are. A source alone is the empty prefix within that source.
+/// each type's newest `limit + 1` rows come from the `(type, event_time, seq)` index, or from
+/// `(source, type, event_time, seq)` when a source is named, and the merged top `limit + 1` are
+/// the page. The cost grows with the number of matching types, not with how far back their
+/// events are. A source alone is the empty prefix within that source.
+///
+/// One statement reads the rows whole. Reading only keys there (index-only) and then the page's
+/// rows by `seq` cost twice as much: `seq` does not name the partition, so each of the page's
+/// keys was looked up in every daily partition (`scripts/perf/query-cost`, docs/benchmarks.md).
 async fn list_merging_types(
     connection: &mut AsyncPgConnection,
     query: &ListQuery,
     prefix: &str,
 ) -> QueryResult<Vec<StoredEvent>> {
-    #[derive(QueryableByName)]
-    struct Key {
-        #[diesel(sql_type = BigInt)]
-        seq: i64,
-    }
     let filters = &query.filters;
     let mut conditions = String::new();
     let mut next = 3;
@@ -195,8 +194,12 @@ async fn list_merging_types(
              SELECT (SELECT type FROM events WHERE {in_source}type > types.type \
                      ORDER BY type LIMIT 1) \
              FROM types WHERE starts_with(types.type, $1)) \
-         SELECT page.seq FROM types CROSS JOIN LATERAL ( \
-             SELECT events.seq, events.event_time FROM events \
+         SELECT page.* FROM types CROSS JOIN LATERAL ( \
+             SELECT events.seq, events.id, events.source, events.type AS event_type, \
+                    events.subject, events.time, events.datacontenttype, events.dataschema, \
+                    events.data, events.data_base64, events.extensions, events.received_at, \
+                    events.event_time \
+             FROM events \
              WHERE events.type = types.type{conditions} \
              ORDER BY events.event_time DESC, events.seq DESC LIMIT $2) page \
          WHERE starts_with(types.type, $1) \
@@ -224,14 +227,7 @@ async fn list_merging_types(
             .bind::<Timestamptz, _>(time)
             .bind::<BigInt, _>(cursor.seq);
     }
-    let keys: Vec<Key> = CachedBySql(statement).load(connection).await?;
-    let seqs: Vec<i64> = keys.into_iter().map(|key| key.seq).collect();
-    events::table
-        .select(StoredEvent::as_select())
-        .filter(events::seq.eq_any(seqs))
-        .order((events::event_time.desc(), events::seq.desc()))
-        .load(connection)
-        .await
+    CachedBySql(statement).load(connection).await
 }
 
 type BoxedList<'a> =
