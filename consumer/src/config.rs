@@ -10,6 +10,7 @@ use service_runtime::server::ServerSettings;
 use service_runtime::topology::{QueueLimits, Topology};
 
 use crate::db::partitions::Retention;
+use crate::write::store::RetryWindow;
 
 /// Everything the consumer needs to run.
 #[derive(Debug, Clone)]
@@ -48,6 +49,9 @@ pub struct ConsumerConfig {
     pub read_limit: Option<Limit>,
     /// Days of events kept (`WARREN_RETENTION_DAYS`; unset or 0 keeps everything).
     pub retention: Option<Retention>,
+    /// How far apart a client retry and its original may be, across midnight, and still be
+    /// stored once (`WARREN_DEDUP_RETRY_WINDOW_SECS`).
+    pub retry_window: RetryWindow,
     /// Seconds clients are told to wait in `Retry-After` on a 503 (`WARREN_RETRY_AFTER_SECS`).
     pub retry_after_secs: u64,
     /// Deprecated variables that were read, to log once telemetry is up.
@@ -136,6 +140,11 @@ impl ConsumerConfig {
                 0 => None,
                 days => Some(Retention { days }),
             },
+            retry_window: RetryWindow(chrono::Duration::seconds(settings.bounded(
+                "WARREN_DEDUP_RETRY_WINDOW_SECS",
+                3_600i64,
+                0..=86_400,
+            )?)),
             deprecations,
         })
     }

@@ -7,11 +7,13 @@
 //! `events` is partitioned by the UTC day the gateway received an event (`received_on`, see
 //! `migrations/`), and its unique key is `(source, id, received_on)`. A redelivery carries the
 //! original `received_at`, so it meets its first copy in the same partition and `ON CONFLICT`
-//! skips it. A client retry is a new request with a new `received_at`: the statement also checks
-//! the partitions of the day before and the day after, so a retry across midnight is skipped
-//! whichever copy a consumer writes first. The rows of a batch are grouped by day (one group, except around midnight), so each
-//! statement names its day as a parameter and Postgres prunes to the one or two partitions it
-//! touches.
+//! skips it. A client retry is a new request with a new `received_at`: an event received within
+//! the retry window ([`RetryWindow`], `WARREN_DEDUP_RETRY_WINDOW_SECS`) of midnight is also looked
+//! for in the neighbouring day's partition, so a retry across midnight is skipped whichever copy
+//! a consumer writes first. Events further from midnight skip that probe: two index lookups per
+//! row that almost never find anything. The rows of a batch are grouped by day and by which
+//! neighbours they probe (one group, except near midnight), so each statement names its day as a
+//! parameter and Postgres prunes to the partitions it touches.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -67,10 +69,57 @@ written_columns! {
     received_at: DateTime<Utc> => "received_at" as "timestamptz" Timestamptz,
 }
 
-/// The insert statement, written once from [`WRITTEN_COLUMNS`]; the day is the last parameter.
-static INSERT: LazyLock<String> = LazyLock::new(|| insert_statement(WRITTEN_COLUMNS));
+/// How long after a client's first attempt its retry is still deduplicated when the two fall on
+/// either side of midnight (UTC). Retries on the same day are always deduplicated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryWindow(pub chrono::Duration);
 
-fn insert_statement(columns: &[(&str, &str)]) -> String {
+impl Default for RetryWindow {
+    /// One hour (`WARREN_DEDUP_RETRY_WINDOW_SECS`, default 3600).
+    fn default() -> Self {
+        Self(chrono::Duration::hours(1))
+    }
+}
+
+/// Which neighbouring days' partitions an insert looks in for an earlier copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Neighbours {
+    None,
+    Before,
+    After,
+    Both,
+}
+
+impl Neighbours {
+    /// The neighbours an event received at `received_at` must look in, given the window.
+    fn of(received_at: DateTime<Utc>, window: RetryWindow) -> Self {
+        let day_start = received_on(received_at)
+            .and_hms_opt(0, 0, 0)
+            .map(|start| start.and_utc())
+            .unwrap_or(received_at);
+        let since_start = received_at - day_start;
+        let until_end = chrono::Duration::days(1) - since_start;
+        match (since_start < window.0, until_end <= window.0) {
+            (false, false) => Self::None,
+            (true, false) => Self::Before,
+            (false, true) => Self::After,
+            (true, true) => Self::Both,
+        }
+    }
+}
+
+/// The insert statements, written once from [`WRITTEN_COLUMNS`]; the day is the last parameter.
+static INSERT: LazyLock<[String; 4]> = LazyLock::new(|| {
+    [
+        Neighbours::None,
+        Neighbours::Before,
+        Neighbours::After,
+        Neighbours::Both,
+    ]
+    .map(|neighbours| insert_statement(WRITTEN_COLUMNS, neighbours))
+});
+
+fn insert_statement(columns: &[(&str, &str)], neighbours: Neighbours) -> String {
     let names = columns
         .iter()
         .map(|(name, _)| *name)
@@ -83,13 +132,24 @@ fn insert_statement(columns: &[(&str, &str)]) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     let day = format!("${}::date", columns.len() + 1);
+    let probed_days = match neighbours {
+        Neighbours::None => None,
+        Neighbours::Before => Some(format!("= {day} - 1")),
+        Neighbours::After => Some(format!("= {day} + 1")),
+        Neighbours::Both => Some(format!("IN ({day} - 1, {day} + 1)")),
+    };
+    let probe = match probed_days {
+        None => String::new(),
+        Some(days) => format!(
+            "WHERE NOT EXISTS (SELECT 1 FROM events stored \
+                               WHERE stored.source = n.source AND stored.id = n.id \
+                                 AND stored.received_on {days}) "
+        ),
+    };
     format!(
         "INSERT INTO events ({names}, received_on) \
          SELECT n.*, {day} FROM UNNEST({arrays}) AS n({names}) \
-         WHERE NOT EXISTS (SELECT 1 FROM events stored \
-                           WHERE stored.source = n.source AND stored.id = n.id \
-                             AND stored.received_on IN ({day} - 1, {day} + 1)) \
-         ON CONFLICT (source, id, received_on) DO NOTHING"
+         {probe}ON CONFLICT (source, id, received_on) DO NOTHING"
     )
 }
 
@@ -141,21 +201,23 @@ pub fn days_of(parts: &[&RequestPart]) -> Vec<NaiveDate> {
 pub async fn insert_events(
     connection: &mut AsyncPgConnection,
     parts: &[&RequestPart],
+    window: RetryWindow,
 ) -> diesel::QueryResult<usize> {
-    let mut by_day: BTreeMap<NaiveDate, Columns> = BTreeMap::new();
+    let mut groups: BTreeMap<(NaiveDate, Neighbours), Columns> = BTreeMap::new();
     for part in parts {
-        by_day
-            .entry(received_on(part.received_at))
-            .or_default()
-            .push_part(part);
+        let key = (
+            received_on(part.received_at),
+            Neighbours::of(part.received_at, window),
+        );
+        groups.entry(key).or_default().push_part(part);
     }
     let mut inserted = 0;
-    for (day, columns) in by_day {
+    for ((day, neighbours), columns) in groups {
         if columns.id.is_empty() {
             continue;
         }
         inserted += columns
-            .bind_to(diesel::sql_query(INSERT.as_str()).into_boxed())
+            .bind_to(diesel::sql_query(INSERT[neighbours as usize].as_str()).into_boxed())
             .bind::<Date, _>(day)
             .execute(connection)
             .await?;
@@ -177,13 +239,17 @@ pub enum WriteError {
 /// One transaction for all `parts`; returns the number of new rows. When a day has no
 /// partition yet (Postgres answers with a check violation: no partition for the row), it is
 /// created and the transaction runs once more.
-pub async fn write(pool: &PgPool, parts: &[&RequestPart]) -> Result<usize, WriteError> {
+pub async fn write(
+    pool: &PgPool,
+    parts: &[&RequestPart],
+    window: RetryWindow,
+) -> Result<usize, WriteError> {
     let mut connection = pool
         .get()
         .await
         .map_err(|error| WriteError::Pool(error.to_string()))?;
     let attempt = connection
-        .transaction(async |connection| insert_events(connection, parts).await)
+        .transaction(async |connection| insert_events(connection, parts, window).await)
         .await;
     let inserted = match attempt {
         Err(DieselError::DatabaseError(DatabaseErrorKind::CheckViolation, _)) => {
@@ -191,7 +257,7 @@ pub async fn write(pool: &PgPool, parts: &[&RequestPart]) -> Result<usize, Write
                 partitions::ensure(&mut connection, day).await?;
             }
             connection
-                .transaction(async |connection| insert_events(connection, parts).await)
+                .transaction(async |connection| insert_events(connection, parts, window).await)
                 .await?
         }
         other => other?,
@@ -244,20 +310,76 @@ mod tests {
     }
 
     #[test]
-    fn the_statement_has_one_array_per_written_column_and_the_day_last() {
-        let statement = INSERT.as_str();
-        let last = WRITTEN_COLUMNS.len();
-        assert!(
-            statement.contains(&format!("${last}::timestamptz[])")),
-            "{statement}"
+    fn every_statement_has_one_array_per_written_column_and_the_day_last() {
+        for statement in INSERT.iter() {
+            let last = WRITTEN_COLUMNS.len();
+            assert!(
+                statement.contains(&format!("${last}::timestamptz[])")),
+                "{statement}"
+            );
+            assert!(
+                statement.contains(&format!("${}::date", last + 1)),
+                "{statement}"
+            );
+            assert!(
+                !statement.contains(&format!("${}", last + 2)),
+                "{statement}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_events_within_the_window_of_midnight_probe_a_neighbouring_day() {
+        let window = RetryWindow::default();
+        let at = |text: &str| text.parse::<DateTime<Utc>>().unwrap_or_default();
+        assert_eq!(
+            Neighbours::of(at("2025-03-10T00:00:00Z"), window),
+            Neighbours::Before
         );
-        assert!(
-            statement.contains(&format!("${}::date", last + 1)),
-            "{statement}"
+        assert_eq!(
+            Neighbours::of(at("2025-03-10T00:59:59Z"), window),
+            Neighbours::Before
         );
-        assert!(
-            !statement.contains(&format!("${}", last + 2)),
-            "{statement}"
+        assert_eq!(
+            Neighbours::of(at("2025-03-10T01:00:00Z"), window),
+            Neighbours::None
         );
+        assert_eq!(
+            Neighbours::of(at("2025-03-10T12:00:00Z"), window),
+            Neighbours::None
+        );
+        assert_eq!(
+            Neighbours::of(at("2025-03-10T22:59:59Z"), window),
+            Neighbours::None
+        );
+        assert_eq!(
+            Neighbours::of(at("2025-03-10T23:00:00Z"), window),
+            Neighbours::After
+        );
+        assert_eq!(
+            Neighbours::of(at("2025-03-10T23:59:59.999Z"), window),
+            Neighbours::After
+        );
+        let whole_day = RetryWindow(chrono::Duration::days(1));
+        assert_eq!(
+            Neighbours::of(at("2025-03-10T12:00:00Z"), whole_day),
+            Neighbours::Both
+        );
+        let none = RetryWindow(chrono::Duration::zero());
+        assert_eq!(
+            Neighbours::of(at("2025-03-10T00:00:00Z"), none),
+            Neighbours::None
+        );
+        assert_eq!(
+            Neighbours::of(at("2025-03-10T23:59:59Z"), none),
+            Neighbours::None
+        );
+    }
+
+    #[test]
+    fn the_statement_without_neighbours_has_no_probe() {
+        assert!(!INSERT[Neighbours::None as usize].contains("NOT EXISTS"));
+        assert!(INSERT[Neighbours::Before as usize].contains("stored.received_on = $"));
+        assert!(INSERT[Neighbours::Both as usize].contains("stored.received_on IN ("));
     }
 }

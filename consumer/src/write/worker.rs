@@ -250,7 +250,7 @@ async fn flush(
     let mut failures = 0u32;
     loop {
         let parts: Vec<&RequestPart> = items.iter().flat_map(|p| &p.envelope.parts).collect();
-        match store::write(pool, &parts).await {
+        match store::write(pool, &parts, config.retry_window).await {
             Ok(inserted) => {
                 let write_seconds = started.elapsed().as_secs_f64();
                 if let Some(last) = items.iter().max_by_key(|p| p.delivery_tag) {
@@ -280,7 +280,7 @@ async fn flush(
                     .increment(1);
                 tracing::warn!(%error, failures, events, "batch write failed; holding its deliveries");
                 if failures >= ATTEMPTS_BEFORE_ISOLATING && db::database_answers(pool).await {
-                    return isolate(pool, dead_letters, items).await;
+                    return isolate(config, pool, dead_letters, items).await;
                 }
             }
         }
@@ -316,13 +316,17 @@ fn record_batch(pool: &PgPool, items: &[Pending], events: usize, inserted: usize
 /// message that fails alone, event by event. Only the events the database refuses on their own
 /// are dead-lettered (in one envelope, with the database's reason); the rest are stored.
 async fn isolate(
+    config: &ConsumerConfig,
     pool: &PgPool,
     dead_letters: &DeadLetters,
     items: Vec<Pending>,
 ) -> Result<(), SessionError> {
     for pending in items {
         let parts: Vec<&RequestPart> = pending.envelope.parts.iter().collect();
-        if store::write(pool, &parts).await.is_ok() {
+        if store::write(pool, &parts, config.retry_window)
+            .await
+            .is_ok()
+        {
             pending.acker.ack(BasicAckOptions::default()).await?;
             metrics::counter!("warren_consumer_acks_total").increment(1);
             continue;
@@ -341,7 +345,7 @@ async fn isolate(
                     part.received_at,
                     vec![event.clone()],
                 );
-                if let Err(error) = store::write(pool, &[&single]).await {
+                if let Err(error) = store::write(pool, &[&single], config.retry_window).await {
                     if !db::database_answers(pool).await {
                         return Err(SessionError::DatabaseLost);
                     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use consumer::db::partitions::{self, Retention};
+use consumer::write::store::RetryWindow;
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::RunQueryDsl;
 use shared_types::{Event, RequestPart};
@@ -47,7 +48,9 @@ async fn write(app: &TestApp, part: &RequestPart) -> usize {
         consumer::db::Plans::ServerChoice,
     )
     .unwrap();
-    consumer::write::store::write(&pool, &[part]).await.unwrap()
+    consumer::write::store::write(&pool, &[part], RetryWindow::default())
+        .await
+        .unwrap()
 }
 
 #[derive(diesel::QueryableByName)]
@@ -95,6 +98,26 @@ async fn a_client_retry_across_midnight_is_stored_once_whichever_copy_comes_firs
 
     assert_eq!(copies(&app, "retry-a").await, ["events_p20250309"]);
     assert_eq!(copies(&app, "retry-b").await, ["events_p20250310"]);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_across_midnight_later_than_the_retry_window_is_stored_again_as_documented() {
+    let app = spawn_app().await;
+    // Two hours apart across midnight; the window (WARREN_DEDUP_RETRY_WINDOW_SECS) is one hour:
+    // the retry, at 01:30, does not look in the day before.
+    assert_eq!(
+        write(&app, &part("late-retry", at("2025-03-09T23:30:00Z"))).await,
+        1
+    );
+    assert_eq!(
+        write(&app, &part("late-retry", at("2025-03-10T01:30:00Z"))).await,
+        1
+    );
+    assert_eq!(
+        copies(&app, "late-retry").await,
+        ["events_p20250309", "events_p20250310"]
+    );
     app.cleanup().await;
 }
 
@@ -210,9 +233,13 @@ async fn an_unpartitioned_table_with_rows_is_migrated_into_daily_partitions() {
     // The migrated rows still deduplicate, and new rows continue the sequence.
     let again = part_of("m2", "/old", "2025-03-10T01:00:00Z");
     let fresh = part_of("m4", "/old", "2025-03-10T03:00:00Z");
-    let inserted = consumer::write::store::insert_events(&mut connection, &[&again, &fresh])
-        .await
-        .unwrap();
+    let inserted = consumer::write::store::insert_events(
+        &mut connection,
+        &[&again, &fresh],
+        RetryWindow::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(inserted, 1);
     let count: Count = diesel::sql_query("SELECT count(*) AS count FROM events WHERE seq > 3")
         .get_result(&mut connection)

@@ -37,9 +37,13 @@ async fn consumer_stopped_between_insert_and_ack_stores_once() {
     )
     .unwrap();
     assert_eq!(
-        consumer::write::store::write(&pool, &[&part])
-            .await
-            .unwrap(),
+        consumer::write::store::write(
+            &pool,
+            &[&part],
+            consumer::write::store::RetryWindow::default()
+        )
+        .await
+        .unwrap(),
         1
     );
     drop(message);
