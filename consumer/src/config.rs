@@ -10,6 +10,7 @@ use service_runtime::server::ServerSettings;
 use service_runtime::topology::{QueueLimits, Topology};
 
 use crate::db::partitions::Retention;
+use crate::deliver::config::DeliveryConfig;
 use crate::write::store::RetryWindow;
 
 /// Everything the consumer needs to run.
@@ -56,6 +57,8 @@ pub struct ConsumerConfig {
     pub retry_after_secs: u64,
     /// Deprecated variables that were read, to log once telemetry is up.
     pub deprecations: Vec<String>,
+    /// Subscriptions and their delivery workers (`WARREN_DELIVERY_*`).
+    pub delivery: DeliveryConfig,
 }
 
 /// Consumer variables that were renamed: (current name, old name still read with a warning).
@@ -145,6 +148,7 @@ impl ConsumerConfig {
                 3_600i64,
                 0..=86_400,
             )?)),
+            delivery: DeliveryConfig::from_settings(settings)?,
             deprecations,
         })
     }

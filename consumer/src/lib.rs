@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod deliver;
 pub mod read;
 pub mod status;
 pub mod write;
@@ -41,19 +42,8 @@ pub async fn run(
     }
     let cancel = CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut failures = 0;
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            migrated = db::migrate(config.database_url.expose()) => match migrated {
-                Ok(_) => break,
-                Err(error) => {
-                    failures += 1;
-                    tracing::warn!(%error, failures, "cannot migrate yet; retrying");
-                    tokio::time::sleep(backoff(failures, config.max_backoff)).await;
-                }
-            }
-        }
+    if !migrate_when_reachable(&config, &mut shutdown).await {
+        return Ok(());
     }
     let write_pool = db::pool(
         config.database_url.expose(),
@@ -96,6 +86,11 @@ pub async fn run(
         limiter: service_runtime::rate_limit::RateLimiter::new(config.read_limit),
         retry_after_secs: config.retry_after_secs,
         statement_timeout: config.statement_timeout,
+        subscription_queues: deliver::queues::SubscriptionQueues::new(
+            config.amqp_url.clone(),
+            config.topology.clone(),
+        ),
+        delivery: config.delivery,
     });
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "consumer listening");
@@ -127,4 +122,26 @@ pub async fn run(
     read_pool.close();
     tracing::info!("consumer stopped");
     Ok(())
+}
+
+/// Applies the migrations (under an advisory lock), retrying with backoff while the database is
+/// unreachable; `false` when `shutdown` came first.
+pub(crate) async fn migrate_when_reachable(
+    config: &ConsumerConfig,
+    shutdown: &mut std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+) -> bool {
+    let mut failures = 0;
+    loop {
+        tokio::select! {
+            () = shutdown.as_mut() => return false,
+            migrated = db::migrate(config.database_url.expose()) => match migrated {
+                Ok(_) => return true,
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(%error, failures, "cannot migrate yet; retrying");
+                    tokio::time::sleep(backoff(failures, config.max_backoff)).await;
+                }
+            }
+        }
+    }
 }

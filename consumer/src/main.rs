@@ -1,5 +1,6 @@
 //! The `consumer` binary: `consumer` runs the worker and read API; `consumer migrate` applies
-//! migrations; `consumer dlq list|replay` handles dead letters; `consumer healthcheck` probes a
+//! migrations; `consumer deliver` runs a delivery worker (fan-out to subscriptions);
+//! `consumer dlq list|replay` handles dead letters; `consumer healthcheck` probes a
 //! running one; `consumer teardown` removes a prefix's queues and exchanges.
 
 use anyhow::Context;
@@ -29,13 +30,21 @@ async fn run() -> anyhow::Result<()> {
     let config = ConsumerConfig::from_env().context("invalid configuration")?;
     match args.first().map(String::as_str) {
         None | Some("serve") => {}
+        Some("deliver") => {
+            service_runtime::telemetry::init("info,lapin=warn")?;
+            let listener = tokio::net::TcpListener::bind(config.addr)
+                .await
+                .with_context(|| format!("cannot listen on {} (WARREN_CONSUMER_ADDR)", config.addr))?;
+            consumer::deliver::worker::run(listener, config, shutdown_signal()).await?;
+            return Ok(());
+        }
         Some("dlq") => {
             let command = consumer::cli::parse_dlq(&args[1..])?;
             return consumer::cli::run_dlq(&config, command).await;
         }
         Some("healthcheck") => return service_runtime::healthcheck::probe(config.addr).await,
         Some(other) => anyhow::bail!(
-            "unknown subcommand {other:?}; usage: consumer [serve|migrate|dlq|healthcheck|teardown]"
+            "unknown subcommand {other:?}; usage: consumer [serve|deliver|migrate|dlq|healthcheck|teardown]"
         ),
     }
     service_runtime::telemetry::init("info,lapin=warn")?;

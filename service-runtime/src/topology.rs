@@ -143,6 +143,23 @@ impl Topology {
         format!("{}.events.dead", self.prefix)
     }
 
+    /// Declares the events exchange alone, idempotently: what a subscription's queue binds to.
+    pub async fn declare_exchange(&self, connection: &Connection) -> Result<(), lapin::Error> {
+        let channel = connection.create_channel().await?;
+        channel
+            .exchange_declare(
+                self.exchange().as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel.close(200, "exchange declared".into()).await
+    }
+
     /// Declares everything, idempotently. When the store queue already exists with other
     /// arguments, the existing queue is kept and a warning names the difference: RabbitMQ would
     /// otherwise refuse every start after an operator changed a limit.
@@ -481,7 +498,8 @@ fn is_precondition_failed(error: &lapin::Error) -> bool {
     is_soft_error(error, AMQPSoftError::PRECONDITIONFAILED)
 }
 
-fn is_not_found(error: &lapin::Error) -> bool {
+/// Whether the broker answered NOT_FOUND (a passive declare of a queue that does not exist).
+pub fn is_not_found(error: &lapin::Error) -> bool {
     is_soft_error(error, AMQPSoftError::NOTFOUND)
 }
 

@@ -31,6 +31,26 @@ pub enum ReadError {
         /// What is wrong.
         message: String,
     },
+    /// No subscription with that id.
+    #[error("no subscription with this id")]
+    SubscriptionNotFound,
+    /// No dead letter with that id in the subscription.
+    #[error("no dead letter with this id in the subscription")]
+    DeadLetterNotFound,
+    /// A subscription or replay request with field-level problems.
+    #[error("the subscription is invalid")]
+    InvalidSubscription(Vec<crate::deliver::problem::FieldProblem>),
+    /// The request contradicts the resource's state.
+    #[error("{message}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// RabbitMQ did not answer (declaring or deleting a subscription's queue).
+    #[error("the broker is unavailable: {0}")]
+    BrokerUnavailable(String),
     /// A request body over the limit, in bytes.
     #[error("the body exceeds {0} bytes")]
     BodyTooLarge(usize),
@@ -84,6 +104,34 @@ impl ReadError {
             ReadError::InvalidInput { code, message } => {
                 (StatusCode::BAD_REQUEST, *code, message.clone())
             }
+            ReadError::SubscriptionNotFound => (
+                StatusCode::NOT_FOUND,
+                "subscription_not_found",
+                self.to_string(),
+            ),
+            ReadError::DeadLetterNotFound => (
+                StatusCode::NOT_FOUND,
+                "dead_letter_not_found",
+                self.to_string(),
+            ),
+            ReadError::InvalidSubscription(problems) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_subscription",
+                format!(
+                    "the request is invalid: {}",
+                    problems
+                        .iter()
+                        .map(|problem| format!("{} {}", problem.pointer, problem.message))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            ),
+            ReadError::Conflict { code, message } => (StatusCode::CONFLICT, *code, message.clone()),
+            ReadError::BrokerUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broker_unavailable",
+                "the broker is unavailable".to_owned(),
+            ),
             ReadError::BodyTooLarge(_) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "too_large", self.to_string())
             }
@@ -108,6 +156,7 @@ impl ReadError {
             ReadError::Param(error) => {
                 vec![json!({"parameter": error.parameter, "code": error.code})]
             }
+            ReadError::InvalidSubscription(problems) => problems.iter().map(|p| json!(p)).collect(),
             _ => Vec::new(),
         };
         service_error(status, code, &message, details, retry_after_secs)

@@ -45,6 +45,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     gateway: Option<Running>,
     consumer: Option<Running>,
+    delivery: Vec<Running>,
     extra_env: Vec<(String, String)>,
 }
 
@@ -64,6 +65,7 @@ pub async fn spawn_app_with(extra_env: &[(&str, &str)]) -> TestApp {
         client: reqwest::Client::new(),
         gateway: None,
         consumer: None,
+        delivery: Vec::new(),
         extra_env: extra_env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -98,6 +100,10 @@ impl TestApp {
                 "WARREN_WRITE_BATCH_WAIT_MS" => Some("20".into()),
                 "WARREN_SHUTDOWN_GRACE_MS" => Some("5000".into()),
                 "WARREN_AUTH" => Some("off".into()),
+                // Tests deliver to sinks on 127.0.0.1, and should not wait long for a change.
+                "WARREN_DELIVERY_ALLOW_PRIVATE_SINKS" => Some("on".into()),
+                "WARREN_DELIVERY_REFRESH_MS" => Some("100".into()),
+                "WARREN_DELIVERY_RETRY_POLL_MS" => Some("50".into()),
                 _ => None,
             }
         })
@@ -151,6 +157,66 @@ impl TestApp {
             task,
         });
         self.wait_ready(&self.consumer_url("/readyz")).await;
+    }
+
+    /// Starts one more delivery worker (`consumer deliver`).
+    pub async fn start_delivery(&mut self) {
+        let config = ConsumerConfig::from_settings(&self.settings()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            consumer::deliver::worker::run(listener, config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        self.wait_ready(&format!("http://{address}/readyz")).await;
+        self.delivery.push(Running {
+            address,
+            stop,
+            task,
+        });
+    }
+
+    /// Stops every delivery worker gracefully.
+    pub async fn stop_delivery(&mut self) {
+        for worker in self.delivery.drain(..) {
+            worker.stop().await;
+        }
+    }
+
+    /// A delivery worker's `/metrics` page.
+    pub async fn delivery_metrics(&self) -> String {
+        let address = <[Running]>::first(&self.delivery)
+            .expect("a delivery worker")
+            .address;
+        self.page(&format!("http://{address}/metrics")).await
+    }
+
+    /// Sends `body` (if any) to the consumer's `path` with `method`; returns status and JSON.
+    pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method.parse().unwrap(), self.consumer_url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Creates a subscription; returns its id and signing secret.
+    pub async fn subscribe(&self, body: Value) -> (String, String) {
+        let (status, created) = self.api("POST", "/v1/subscriptions", Some(body)).await;
+        assert_eq!(status, 201, "{created}");
+        (
+            created["id"].as_str().unwrap().to_owned(),
+            created["secret"].as_str().unwrap().to_owned(),
+        )
     }
 
     pub async fn stop_consumer(&mut self) {
@@ -362,6 +428,7 @@ impl TestApp {
 
     /// Stops both services, deletes the queues and exchanges, and drops the database.
     pub async fn cleanup(mut self) {
+        self.stop_delivery().await;
         self.stop_gateway().await;
         self.stop_consumer().await;
         remove_resources(&self.prefix, self.shards(), &self.db_name).await;
@@ -383,6 +450,7 @@ impl Drop for TestApp {
         let tasks: Vec<JoinHandle<()>> = [self.gateway.take(), self.consumer.take()]
             .into_iter()
             .flatten()
+            .chain(self.delivery.drain(..))
             .map(|running| {
                 let _ = running.stop.send(());
                 running.task.abort();
@@ -407,8 +475,17 @@ impl Drop for TestApp {
 
 async fn remove_resources(prefix: &str, shards: u16, db_name: &str) {
     let topology = service_runtime::topology::Topology::new(prefix.to_owned()).with_shards(shards);
+    let subscriptions = subscription_ids(db_name).await;
     if let Ok(connection) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
     {
+        for id in subscriptions {
+            if let Ok(channel) = connection.create_channel().await {
+                let queue = consumer::deliver::queues::queue_name(&topology, id);
+                let _ = channel
+                    .queue_delete(queue.as_str().into(), Default::default())
+                    .await;
+            }
+        }
         let _ = topology.remove(&connection, true).await;
         let _ = connection.close(200, "cleanup".into()).await;
     }
@@ -419,6 +496,23 @@ async fn remove_resources(prefix: &str, shards: u16, db_name: &str) {
         .execute(&mut admin)
         .await;
     }
+}
+
+/// The subscriptions a test left, so their queues go with it.
+async fn subscription_ids(db_name: &str) -> Vec<uuid::Uuid> {
+    #[derive(diesel::QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        id: uuid::Uuid,
+    }
+    let Ok(mut db) = consumer::db::connect(&format!("{}/{db_name}", postgres_base())).await else {
+        return Vec::new();
+    };
+    diesel::sql_query("SELECT id FROM subscriptions")
+        .load::<Id>(&mut db)
+        .await
+        .map(|ids| ids.into_iter().map(|row| row.id).collect())
+        .unwrap_or_default()
 }
 
 /// A valid structured event with a unique id.

@@ -4,6 +4,7 @@
 
 mod auth;
 mod dead_letter;
+mod delivery;
 mod helpers;
 mod ingest;
 mod metrics;
@@ -16,5 +17,7 @@ mod redelivery;
 mod replica;
 mod schemas;
 mod shards;
+mod sink;
+mod subscriptions;
 mod teardown;
 mod timeout;

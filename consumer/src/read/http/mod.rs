@@ -3,6 +3,7 @@
 //! [`crate::read::query`] or [`crate::read::schema_registry`], map the outcome.
 
 pub mod schema_routes;
+pub mod subscription_routes;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -43,6 +44,20 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/schemas/{type}"),
     ("GET", "/v1/schemas/{type}/versions/{version}"),
     ("DELETE", "/v1/schemas/{type}/versions/{version}"),
+    ("GET", "/v1/subscriptions"),
+    ("POST", "/v1/subscriptions"),
+    ("GET", "/v1/subscriptions/{id}"),
+    ("PUT", "/v1/subscriptions/{id}"),
+    ("DELETE", "/v1/subscriptions/{id}"),
+    ("POST", "/v1/subscriptions/{id}/secret"),
+    ("GET", "/v1/subscriptions/{id}/dead-letters"),
+    ("POST", "/v1/subscriptions/{id}/dead-letters/redeliver"),
+    (
+        "POST",
+        "/v1/subscriptions/{id}/dead-letters/{seq}/redeliver",
+    ),
+    ("GET", "/v1/subscriptions/{id}/replay"),
+    ("POST", "/v1/subscriptions/{id}/replay"),
 ];
 
 /// What every request handler shares.
@@ -61,6 +76,10 @@ pub struct AppState {
     pub retry_after_secs: u64,
     /// The read pool's statement timeout, to tell a cancelled query from a failed one.
     pub statement_timeout: std::time::Duration,
+    /// Declares, counts and deletes subscriptions' queues.
+    pub subscription_queues: crate::deliver::queues::SubscriptionQueues,
+    /// Sink address rules and the secret rotation grace.
+    pub delivery: crate::deliver::config::DeliveryConfig,
 }
 
 /// Handles one request and writes its log line.
@@ -73,20 +92,22 @@ pub async fn handle(
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let schema_path = schema_routes::parse_path(&path);
-    let route = match &schema_path {
-        Some(Ok(parsed)) => parsed.template(),
-        Some(Err(_)) => "/v1/schemas/{type}",
-        None => ROUTES
+    let subscription_path = subscription_routes::parse_path(&path);
+    let route = match (&schema_path, &subscription_path) {
+        (Some(Ok(parsed)), _) => parsed.template(),
+        (Some(Err(_)), _) => "/v1/schemas/{type}",
+        (None, Some(Ok(parsed))) => parsed.template(),
+        (None, Some(Err(_))) => "/v1/subscriptions/{id}",
+        (None, None) => ROUTES
             .iter()
             .find(|(_, route)| *route == path)
             .map_or("(unmatched)", |(_, route)| *route),
     };
-    let outcome = match schema_path {
-        Some(parsed) => match parsed {
-            Ok(parsed) => schema_routes::handle(&state, request, parsed).await,
-            Err(error) => Err(error),
-        },
-        None => dispatch(&state, &request).await,
+    let outcome = match (schema_path, subscription_path) {
+        (Some(Ok(parsed)), _) => schema_routes::handle(&state, request, parsed).await,
+        (Some(Err(error)), _) | (None, Some(Err(error))) => Err(error),
+        (None, Some(Ok(parsed))) => subscription_routes::handle(&state, request, parsed).await,
+        (None, None) => dispatch(&state, &request).await,
     };
     let response = match outcome {
         Ok(response) => response,
@@ -198,6 +219,41 @@ async fn connection(state: &AppState) -> Result<PooledConnection, ReadError> {
         .await
         .map_err(|error| ReadError::Unavailable(error.to_string()))
 }
+
+/// Reads a JSON request body of at most `limit` bytes, strictly (no duplicate keys, bounded
+/// depth), within a deadline.
+pub(crate) async fn read_json(
+    request: Request<Incoming>,
+    limit: usize,
+) -> Result<serde_json::Value, ReadError> {
+    use http_body_util::{BodyExt, Limited};
+    let invalid = |code: &'static str, message: &str| ReadError::InvalidInput {
+        code,
+        message: message.to_owned(),
+    };
+    let body = match tokio::time::timeout(
+        BODY_TIMEOUT,
+        Limited::new(request.into_body(), limit).collect(),
+    )
+    .await
+    {
+        Err(_) => return Err(invalid("body_timeout", "the body took too long to arrive")),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+            return Err(ReadError::BodyTooLarge(limit))
+        }
+        Ok(Err(_)) => return Err(invalid("invalid_body", "the body could not be read")),
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    shared_types::json::parse_strict(&body, shared_types::Limits::default().max_depth).map_err(
+        |problem| ReadError::InvalidInput {
+            code: "invalid_json",
+            message: problem.message,
+        },
+    )
+}
+
+/// The longest a client may take to send a request body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A connection to the primary, for the registry.
 pub(crate) async fn write_connection(state: &AppState) -> Result<PooledConnection, ReadError> {

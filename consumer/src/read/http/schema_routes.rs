@@ -3,12 +3,10 @@
 //! admin key. Every registry query goes to the primary, even with a read replica configured, so a
 //! gateway polling the registry never sees a change later than the replica's lag would make it.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::header::{HeaderValue, LOCATION};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -17,14 +15,12 @@ use service_runtime::http_error::SharedError;
 use service_runtime::http_json;
 use shared_types::data_schema::{self, Policy};
 
-use super::{timed, write_connection, AppState};
+use super::{read_json, timed, write_connection, AppState};
 use crate::read::error::ReadError;
 use crate::read::schema_registry::{self, VersionView};
 
 /// The largest schema document accepted, in bytes.
 pub const MAX_SCHEMA_BYTES: usize = 256 * 1024;
-/// The longest a client may take to send a schema.
-const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest type name, in bytes: the event attribute limit's default.
 const MAX_TYPE_BYTES: usize = 256;
 
@@ -304,21 +300,7 @@ async fn retire(
 }
 
 async fn read_registration(request: Request<Incoming>) -> Result<Registration, ReadError> {
-    let body = match tokio::time::timeout(
-        BODY_TIMEOUT,
-        Limited::new(request.into_body(), MAX_SCHEMA_BYTES).collect(),
-    )
-    .await
-    {
-        Err(_) => return Err(invalid("body_timeout", "the body took too long to arrive")),
-        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
-            return Err(ReadError::BodyTooLarge(MAX_SCHEMA_BYTES))
-        }
-        Ok(Err(_)) => return Err(invalid("invalid_body", "the body could not be read")),
-        Ok(Ok(collected)) => collected.to_bytes(),
-    };
-    let value = shared_types::json::parse_strict(&body, shared_types::Limits::default().max_depth)
-        .map_err(|problem| invalid("invalid_json", problem.message))?;
+    let value = read_json(request, MAX_SCHEMA_BYTES).await?;
     serde_json::from_value(value).map_err(|error| {
         invalid(
             "invalid_body",

@@ -1,0 +1,144 @@
+//! What every delivery path shares (live from the queues, retries, replays): the sink client,
+//! the database, per-subscription limits on requests in flight, and the record of each attempt
+//! (metrics, and the subscription's failing state that leads to an automatic pause).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use super::config::DeliveryConfig;
+use super::schedule::{next_step, Next};
+use super::sink::{self, Outcome};
+use super::store::{self, Pending};
+use super::subscription::Subscription;
+use crate::db::PgPool;
+
+/// Shared by the delivery paths of one worker.
+pub struct Deliverer {
+    /// Writes retries, dead letters and subscription state.
+    pub pool: PgPool,
+    /// Settings shared by all subscriptions.
+    pub config: DeliveryConfig,
+    client: reqwest::Client,
+    /// Per subscription: permits for requests in flight (`delivery.max_in_flight`).
+    in_flight: Mutex<HashMap<Uuid, (u32, Arc<Semaphore>)>>,
+    /// Per subscription: whether its last attempt failed, so only changes are written.
+    failing: Mutex<HashMap<Uuid, bool>>,
+}
+
+impl Deliverer {
+    /// A deliverer over `pool`, with its own sink client.
+    pub fn new(pool: PgPool, config: DeliveryConfig) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            pool,
+            client: sink::client(&config)?,
+            config,
+            in_flight: Mutex::new(HashMap::new()),
+            failing: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The subscription's in-flight limit, shared by its live, retry and replay deliveries.
+    pub fn permits(&self, subscription: &Subscription) -> Arc<Semaphore> {
+        let limit = subscription.spec.delivery.max_in_flight;
+        let mut map = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = map
+            .entry(subscription.id)
+            .or_insert_with(|| (limit, Arc::new(Semaphore::new(limit as usize))));
+        if entry.0 != limit {
+            *entry = (limit, Arc::new(Semaphore::new(limit as usize)));
+        }
+        Arc::clone(&entry.1)
+    }
+
+    /// One attempt of `pending`, within the subscription's in-flight limit, recorded.
+    pub async fn attempt(&self, subscription: &Subscription, pending: &Pending) -> Outcome {
+        let permits = self.permits(subscription);
+        let _permit = permits.acquire().await;
+        let outcome = sink::attempt(
+            &self.client,
+            subscription,
+            &pending.event,
+            pending.replay,
+            self.config.max_response_bytes,
+            Utc::now(),
+        )
+        .await;
+        self.record(subscription, pending, &outcome).await;
+        outcome
+    }
+
+    async fn record(&self, subscription: &Subscription, pending: &Pending, outcome: &Outcome) {
+        let label = subscription.id.to_string();
+        let (name, failing) = match outcome {
+            Outcome::Delivered(_) => {
+                let latency = (Utc::now() - pending.received_at)
+                    .to_std()
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                metrics::histogram!("warren_delivery_latency_seconds", "subscription" => label.clone())
+                    .record(latency);
+                ("delivered", false)
+            }
+            Outcome::Gone => ("gone", true),
+            Outcome::Failed { .. } => ("failed", true),
+        };
+        metrics::counter!("warren_delivery_attempts_total", "subscription" => label, "outcome" => name)
+            .increment(1);
+        let changed = {
+            let mut map = self
+                .failing
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let known = *map
+                .entry(subscription.id)
+                .or_insert(subscription.failing_since.is_some());
+            map.insert(subscription.id, failing);
+            known != failing
+        };
+        if changed {
+            if let Ok(mut conn) = self.pool.get().await {
+                if let Err(error) = store::set_failing(&mut conn, subscription.id, failing).await {
+                    tracing::warn!(%error, subscription = %subscription.id, "cannot record the sink's state");
+                }
+            }
+        }
+    }
+
+    /// What to do after an attempt, with `pending.attempts` already counting it.
+    pub fn next(&self, subscription: &Subscription, pending: &Pending, outcome: &Outcome) -> Next {
+        next_step(
+            outcome,
+            pending.attempts,
+            &subscription.spec.delivery,
+            Utc::now(),
+        )
+    }
+}
+
+/// `pending` after an attempt: counted, with what the sink said.
+pub fn after_attempt(mut pending: Pending, outcome: &Outcome) -> Pending {
+    match outcome {
+        Outcome::Delivered(_) => {}
+        // A 410 pauses the subscription; the attempt does not count against the event.
+        Outcome::Gone => {
+            pending.last_status = Some(410);
+            pending.last_error = Some("the sink answered 410 Gone; subscription paused".into());
+        }
+        Outcome::Failed { status, error, .. } => {
+            pending.attempts += 1;
+            pending.last_status = *status;
+            pending.last_error = Some(error.clone());
+        }
+    }
+    if matches!(outcome, Outcome::Delivered(_)) {
+        pending.attempts += 1;
+    }
+    pending
+}

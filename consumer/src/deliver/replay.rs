@@ -1,0 +1,330 @@
+//! Replay from storage: `POST /v1/subscriptions/{id}/replay` (or `since` at creation) records a
+//! job; a worker claims it with a lease, walks the events received in `[since, until)` in storage
+//! order, delivers the ones the subscription matches (marked `warren-replay: true`) within
+//! `WARREN_DELIVERY_REPLAY_RATE` events per second, and keeps its place after every page, so a
+//! worker that stops leaves the rest to the next one. Failures become ordinary retries.
+//! Replays run beside live delivery and share the subscription's in-flight limit; they are not
+//! ordered with respect to live events.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use diesel::sql_types::{BigInt, Date, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::QueryResult;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde::Serialize;
+use serde_json::Value;
+use shared_types::event::{Event, EventData};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::deliverer::{after_attempt, Deliverer};
+use super::retries::Snapshot;
+use super::schedule::Next;
+use super::store::{self, Pending};
+use super::subscription::{Status, Subscription};
+
+/// Events read per page.
+const PAGE: i64 = 200;
+/// How long a claim holds a job between pages.
+const LEASE_SECS: i64 = 60;
+
+/// A replay job as the API shows it.
+#[derive(Debug, Clone, Serialize, diesel::QueryableByName)]
+pub struct Replay {
+    /// The job.
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    /// Whose.
+    #[diesel(sql_type = SqlUuid)]
+    pub subscription_id: Uuid,
+    /// First receive time replayed.
+    #[diesel(sql_type = Timestamptz)]
+    pub since: DateTime<Utc>,
+    /// Receive times before this are replayed.
+    #[diesel(sql_type = Timestamptz)]
+    pub until: DateTime<Utc>,
+    /// Storage position reached.
+    #[diesel(sql_type = Nullable<BigInt>)]
+    #[serde(skip)]
+    pub cursor_seq: Option<i64>,
+    /// Matching events handed to the sink so far (delivered or left to retries).
+    #[diesel(sql_type = BigInt)]
+    pub delivered: i64,
+    /// `running` or `done`.
+    #[diesel(sql_type = Text)]
+    pub status: String,
+    /// When it was asked for.
+    #[diesel(sql_type = Timestamptz)]
+    pub created_at: DateTime<Utc>,
+    /// When it finished.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str =
+    "id, subscription_id, since, until, cursor_seq, delivered, status, created_at, finished_at";
+
+/// Records a replay job.
+pub async fn create(
+    conn: &mut AsyncPgConnection,
+    subscription_id: Uuid,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> QueryResult<Replay> {
+    diesel::sql_query(format!(
+        "INSERT INTO delivery_replays (id, subscription_id, since, until, status) \
+         VALUES ($1, $2, $3, $4, 'running') RETURNING {COLUMNS}"
+    ))
+    .bind::<SqlUuid, _>(Uuid::now_v7())
+    .bind::<SqlUuid, _>(subscription_id)
+    .bind::<Timestamptz, _>(since)
+    .bind::<Timestamptz, _>(until)
+    .get_result(conn)
+    .await
+}
+
+/// A subscription's replays, newest first.
+pub async fn list(conn: &mut AsyncPgConnection, subscription_id: Uuid) -> QueryResult<Vec<Replay>> {
+    diesel::sql_query(format!(
+        "SELECT {COLUMNS} FROM delivery_replays WHERE subscription_id = $1 ORDER BY created_at DESC LIMIT 100"
+    ))
+    .bind::<SqlUuid, _>(subscription_id)
+    .load(conn)
+    .await
+}
+
+async fn claim(conn: &mut AsyncPgConnection) -> QueryResult<Option<Replay>> {
+    let mut found: Vec<Replay> = diesel::sql_query(format!(
+        "UPDATE delivery_replays SET lease_until = now() + make_interval(secs => $1) \
+         WHERE id = (SELECT id FROM delivery_replays WHERE status = 'running' AND lease_until <= now() \
+           ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING {COLUMNS}"
+    ))
+    .bind::<BigInt, _>(LEASE_SECS)
+    .load(conn)
+    .await?;
+    Ok(found.pop())
+}
+
+async fn advance(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    cursor_seq: i64,
+    delivered: i64,
+    done: bool,
+) -> QueryResult<()> {
+    diesel::sql_query(
+        "UPDATE delivery_replays SET cursor_seq = $2, delivered = delivered + $3, \
+         lease_until = now() + make_interval(secs => $4), \
+         status = CASE WHEN $5 THEN 'done' ELSE status END, \
+         finished_at = CASE WHEN $5 THEN now() ELSE finished_at END WHERE id = $1",
+    )
+    .bind::<SqlUuid, _>(id)
+    .bind::<BigInt, _>(cursor_seq)
+    .bind::<BigInt, _>(delivered)
+    .bind::<BigInt, _>(LEASE_SECS)
+    .bind::<diesel::sql_types::Bool, _>(done)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(diesel::QueryableByName)]
+struct StoredRow {
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    source: String,
+    #[diesel(sql_type = Text)]
+    event_type: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    subject: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    time: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Text>)]
+    datacontenttype: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    dataschema: Option<String>,
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    data: Option<Value>,
+    #[diesel(sql_type = Nullable<Text>)]
+    data_base64: Option<String>,
+    #[diesel(sql_type = Jsonb)]
+    extensions: Value,
+    #[diesel(sql_type = Timestamptz)]
+    received_at: DateTime<Utc>,
+}
+
+impl StoredRow {
+    fn event(self) -> (Event, DateTime<Utc>) {
+        let extensions: BTreeMap<String, Value> = match self.extensions {
+            Value::Object(map) => map.into_iter().collect(),
+            _ => BTreeMap::new(),
+        };
+        let data = match (self.data, self.data_base64) {
+            (Some(value), _) => Some(EventData::Json(value)),
+            (None, Some(text)) => Some(EventData::Base64(text)),
+            (None, None) => None,
+        };
+        let event = Event {
+            id: self.id,
+            source: self.source,
+            event_type: self.event_type,
+            subject: self.subject,
+            time: self.time,
+            datacontenttype: self.datacontenttype,
+            dataschema: self.dataschema,
+            data,
+            extensions,
+        };
+        (event, self.received_at)
+    }
+}
+
+/// Stored events received in `[since, until)` after `after_seq`, in storage order. The
+/// `received_on` bounds let PostgreSQL read only the days concerned.
+async fn page(
+    conn: &mut AsyncPgConnection,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    after_seq: i64,
+) -> QueryResult<Vec<StoredRow>> {
+    let first_day: NaiveDate = since.date_naive();
+    let last_day: NaiveDate = until.date_naive();
+    diesel::sql_query(
+        "SELECT seq, id, source, type AS event_type, subject, time, datacontenttype, dataschema, \
+         data, data_base64, extensions, received_at FROM events \
+         WHERE received_on BETWEEN $1 AND $2 AND received_at >= $3 AND received_at < $4 AND seq > $5 \
+         ORDER BY seq LIMIT $6",
+    )
+    .bind::<Date, _>(first_day)
+    .bind::<Date, _>(last_day)
+    .bind::<Timestamptz, _>(since)
+    .bind::<Timestamptz, _>(until)
+    .bind::<BigInt, _>(after_seq)
+    .bind::<BigInt, _>(PAGE)
+    .load(conn)
+    .await
+}
+
+/// Runs replay jobs until `cancel` fires.
+pub async fn run(
+    deliverer: Arc<Deliverer>,
+    subscriptions: watch::Receiver<Snapshot>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let job = match deliverer.pool.get().await {
+            Ok(mut conn) => claim(&mut conn).await.unwrap_or_else(|error| {
+                tracing::warn!(%error, "cannot claim a replay");
+                None
+            }),
+            Err(_) => None,
+        };
+        if let Some(job) = job {
+            let subscription = subscriptions.borrow().get(&job.subscription_id).cloned();
+            if let Some(subscription) = subscription.filter(|s| s.spec.status == Status::Active) {
+                replay(&deliverer, &subscription, job, &cancel).await;
+                continue;
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn replay(
+    deliverer: &Deliverer,
+    subscription: &Subscription,
+    job: Replay,
+    cancel: &CancellationToken,
+) {
+    tracing::info!(replay = %job.id, subscription = %subscription.id, since = %job.since, until = %job.until, "replaying");
+    let mut cursor = job.cursor_seq.unwrap_or(0);
+    let rate = f64::from(deliverer.config.replay_rate);
+    while !cancel.is_cancelled() {
+        let started = Instant::now();
+        let rows = match deliverer.pool.get().await {
+            Ok(mut conn) => page(&mut conn, job.since, job.until, cursor).await,
+            Err(error) => Err(diesel::result::Error::QueryBuilderError(
+                error.to_string().into(),
+            )),
+        };
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::warn!(%error, replay = %job.id, "cannot read stored events; the lease will bring the replay back");
+                return;
+            }
+        };
+        let last_page = (rows.len() as i64) < PAGE;
+        let next_cursor = rows.last().map_or(cursor, |row| row.seq);
+        let matching: Vec<Pending> = rows
+            .into_iter()
+            .map(StoredRow::event)
+            .filter(|(event, _)| subscription.spec.matches(event))
+            .map(|(event, received_at)| Pending {
+                subscription_id: subscription.id,
+                ordering_key: None,
+                event,
+                received_at,
+                attempts: 0,
+                last_status: None,
+                last_error: None,
+                replay: true,
+            })
+            .collect();
+        let count = matching.len();
+        let attempts = matching.into_iter().map(|pending| async move {
+            let outcome = deliverer.attempt(subscription, &pending).await;
+            let pending = after_attempt(pending, &outcome);
+            let next = deliverer.next(subscription, &pending, &outcome);
+            (pending, next)
+        });
+        let results = futures_util::future::join_all(attempts).await;
+        let Ok(mut conn) = deliverer.pool.get().await else {
+            return;
+        };
+        for (pending, next) in results {
+            let kept = match next {
+                Next::Done => Ok(()),
+                Next::RetryAt(at) => store::schedule_retry(&mut conn, &pending, at).await,
+                Next::Pause => match store::schedule_retry(&mut conn, &pending, Utc::now()).await {
+                    Ok(()) => {
+                        store::pause(&mut conn, subscription.id, "the sink answered 410 Gone").await
+                    }
+                    Err(error) => Err(error),
+                },
+                Next::DeadLetter => store::insert_dead_letter(&mut conn, &pending).await,
+            };
+            if let Err(error) = kept {
+                tracing::warn!(%error, replay = %job.id, "cannot keep a failed replayed event; the page will be replayed again");
+                return;
+            }
+        }
+        if let Err(error) = advance(&mut conn, job.id, next_cursor, count as i64, last_page).await {
+            tracing::warn!(%error, replay = %job.id, "cannot record the replay's progress");
+            return;
+        }
+        cursor = next_cursor;
+        if last_page {
+            tracing::info!(replay = %job.id, "replay done");
+            return;
+        }
+        // Hold the rate: a page of `count` events takes at least count / rate seconds.
+        let minimum = Duration::from_secs_f64(count as f64 / rate);
+        if let Some(rest) = minimum.checked_sub(started.elapsed()) {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(rest) => {}
+            }
+        }
+    }
+}
