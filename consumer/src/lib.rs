@@ -91,6 +91,7 @@ pub async fn run(
             config.topology.clone(),
         ),
         delivery: config.delivery,
+        secrets: deliver::secret_box::SecretBox::new(config.delivery.secret_key),
     });
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "consumer listening");

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use service_runtime::config::{ConfigError, Settings};
 
+use super::secret_box::SecretKey;
+
 /// Settings of the delivery workers and of the subscription API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeliveryConfig {
@@ -28,6 +30,8 @@ pub struct DeliveryConfig {
     pub replay_rate: u32,
     /// `WARREN_DELIVERY_MAX_RESPONSE_BYTES` (65536): how much of a sink's answer is read.
     pub max_response_bytes: usize,
+    /// `WARREN_DELIVERY_SECRET_KEY` (unset): 32 bytes, base64, that seal signing secrets at rest.
+    pub secret_key: Option<SecretKey>,
 }
 
 impl DeliveryConfig {
@@ -45,7 +49,16 @@ impl DeliveryConfig {
                 })
             }
         };
+        let secret_key = match settings.raw("WARREN_DELIVERY_SECRET_KEY") {
+            None => None,
+            Some(text) => Some(SecretKey::parse(&text).ok_or_else(|| ConfigError {
+                name: "WARREN_DELIVERY_SECRET_KEY".into(),
+                value: "(hidden)".into(),
+                reason: "32 random bytes in base64, e.g. from `openssl rand -base64 32`".into(),
+            })?),
+        };
         Ok(Self {
+            secret_key,
             allow_private_sinks,
             refresh: settings.millis("WARREN_DELIVERY_REFRESH_MS", 1_000, 50..=60_000)?,
             retry_poll: settings.millis("WARREN_DELIVERY_RETRY_POLL_MS", 200, 10..=60_000)?,

@@ -15,6 +15,7 @@ pub mod queues;
 pub mod replay;
 pub mod retries;
 pub mod schedule;
+pub mod secret_box;
 pub mod signature;
 pub mod sink;
 pub mod sink_address;

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use shared_types::event::{Event, Validation};
 use uuid::Uuid;
 
+use super::secret_box::SecretBox;
 use super::signature::SigningSecret;
 use super::subscription::{Subscription, SubscriptionSpec};
 
@@ -61,7 +62,7 @@ impl SubscriptionRow {
     /// The stored definition, read back through the API's own parser (with private sinks allowed:
     /// the address rule is enforced again at every connection). A row that no longer parses is
     /// skipped with a warning rather than stopping every other subscription's delivery.
-    fn into_subscription(self) -> Option<Subscription> {
+    fn into_subscription(self, secrets: &SecretBox) -> Option<Subscription> {
         let body = json!({
             "sink": self.sink, "filters": self.filters, "types": self.types, "source": self.source,
             "protocolsettings": self.protocol_settings, "delivery": self.delivery,
@@ -74,15 +75,26 @@ impl SubscriptionRow {
                 return None;
             }
         };
+        let opened = secrets.open(self.id, &self.secret).and_then(|secret| {
+            let previous = match self.previous_secret.zip(self.previous_secret_until) {
+                Some((bytes, until)) => Some((secrets.open(self.id, &bytes)?, until)),
+                None => None,
+            };
+            Ok((secret, previous))
+        });
+        let (secret, previous_secret) = match opened {
+            Ok(opened) => opened,
+            Err(error) => {
+                tracing::warn!(subscription = %self.id, %error, "cannot read the signing secret; subscription skipped");
+                return None;
+            }
+        };
         Some(Subscription {
             id: self.id,
             spec,
             status_reason: self.status_reason,
-            secret: SigningSecret::from_bytes(self.secret),
-            previous_secret: self
-                .previous_secret
-                .zip(self.previous_secret_until)
-                .map(|(bytes, until)| (SigningSecret::from_bytes(bytes), until)),
+            secret,
+            previous_secret,
             failing_since: self.failing_since,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -90,19 +102,27 @@ impl SubscriptionRow {
     }
 }
 
-fn subscriptions(rows: Vec<SubscriptionRow>) -> Vec<Subscription> {
+fn subscriptions(rows: Vec<SubscriptionRow>, secrets: &SecretBox) -> Vec<Subscription> {
     rows.into_iter()
-        .filter_map(SubscriptionRow::into_subscription)
+        .filter_map(|row| row.into_subscription(secrets))
         .collect()
+}
+
+fn seal(secrets: &SecretBox, id: Uuid, secret: &SigningSecret) -> QueryResult<Vec<u8>> {
+    secrets
+        .seal(id, secret)
+        .map_err(|error| diesel::result::Error::SerializationError(Box::new(error)))
 }
 
 /// Stores a new subscription.
 pub async fn insert(
     conn: &mut AsyncPgConnection,
+    secrets: &SecretBox,
     id: Uuid,
     spec: &SubscriptionSpec,
     secret: &SigningSecret,
 ) -> QueryResult<Option<Subscription>> {
+    let sealed = seal(secrets, id, secret)?;
     let rows: Vec<SubscriptionRow> = diesel::sql_query(format!(
         "INSERT INTO subscriptions (id, sink, filters, types, source, protocol_settings, delivery, \
          format, secret, status, ordering) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
@@ -116,17 +136,18 @@ pub async fn insert(
     .bind::<Jsonb, _>(spec.protocol_settings())
     .bind::<Jsonb, _>(json!(spec.delivery))
     .bind::<Text, _>(spec.format.as_str())
-    .bind::<Bytea, _>(secret.as_bytes())
+    .bind::<Bytea, _>(&sealed)
     .bind::<Text, _>(spec.status.as_str())
     .bind::<Text, _>(spec.ordering.as_str())
     .load(conn)
     .await?;
-    Ok(subscriptions(rows).pop())
+    Ok(subscriptions(rows, secrets).pop())
 }
 
 /// Replaces a subscription's definition. Setting it active clears a pause and its reason.
 pub async fn replace(
     conn: &mut AsyncPgConnection,
+    secrets: &SecretBox,
     id: Uuid,
     spec: &SubscriptionSpec,
 ) -> QueryResult<Option<Subscription>> {
@@ -148,27 +169,34 @@ pub async fn replace(
     .bind::<Text, _>(spec.status.as_str())
     .load(conn)
     .await?;
-    Ok(subscriptions(rows).pop())
+    Ok(subscriptions(rows, secrets).pop())
 }
 
 /// One subscription.
-pub async fn get(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<Subscription>> {
+pub async fn get(
+    conn: &mut AsyncPgConnection,
+    secrets: &SecretBox,
+    id: Uuid,
+) -> QueryResult<Option<Subscription>> {
     let rows: Vec<SubscriptionRow> =
         diesel::sql_query(format!("SELECT {COLUMNS} FROM subscriptions WHERE id = $1"))
             .bind::<SqlUuid, _>(id)
             .load(conn)
             .await?;
-    Ok(subscriptions(rows).pop())
+    Ok(subscriptions(rows, secrets).pop())
 }
 
 /// Every subscription, oldest first.
-pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Subscription>> {
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    secrets: &SecretBox,
+) -> QueryResult<Vec<Subscription>> {
     let rows: Vec<SubscriptionRow> = diesel::sql_query(format!(
         "SELECT {COLUMNS} FROM subscriptions ORDER BY created_at, id"
     ))
     .load(conn)
     .await?;
-    Ok(subscriptions(rows))
+    Ok(subscriptions(rows, secrets))
 }
 
 /// Deletes a subscription with its retries, dead letters and replays; whether it existed.
@@ -183,20 +211,22 @@ pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool>
 /// Replaces the signing secret; the old one keeps signing until `previous_until`.
 pub async fn rotate_secret(
     conn: &mut AsyncPgConnection,
+    secrets: &SecretBox,
     id: Uuid,
     secret: &SigningSecret,
     previous_until: DateTime<Utc>,
 ) -> QueryResult<Option<Subscription>> {
+    let sealed = seal(secrets, id, secret)?;
     let rows: Vec<SubscriptionRow> = diesel::sql_query(format!(
         "UPDATE subscriptions SET previous_secret = secret, previous_secret_until = $3, \
          secret = $2, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
     ))
     .bind::<SqlUuid, _>(id)
-    .bind::<Bytea, _>(secret.as_bytes())
+    .bind::<Bytea, _>(&sealed)
     .bind::<Timestamptz, _>(previous_until)
     .load(conn)
     .await?;
-    Ok(subscriptions(rows).pop())
+    Ok(subscriptions(rows, secrets).pop())
 }
 
 /// Pauses a subscription, saying why (a 410 from its sink, or failing too long).

@@ -147,6 +147,7 @@ async fn refresh(
     cancel: CancellationToken,
 ) {
     let pause_after = i64::try_from(config.delivery.pause_after.as_secs()).unwrap_or(i64::MAX);
+    let secrets = super::secret_box::SecretBox::new(config.delivery.secret_key);
     loop {
         match pool.get().await {
             Ok(mut conn) => {
@@ -159,7 +160,7 @@ async fn refresh(
                         Err(error) => tracing::warn!(%error, "cannot pause failing subscriptions"),
                     }
                 }
-                match store::list(&mut conn).await {
+                match store::list(&mut conn, &secrets).await {
                     Ok(list) => {
                         let backlog = store::backlog(&mut conn).await.unwrap_or_default();
                         for subscription in &list {

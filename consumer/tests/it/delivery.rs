@@ -501,3 +501,45 @@ async fn deliveries_and_dead_letters_show_on_the_worker_metrics() {
     );
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_secret_key_signing_secrets_are_sealed_at_rest_and_still_sign() {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+    let mut app = spawn_app_with(&[("WARREN_DELIVERY_SECRET_KEY", key.as_str())]).await;
+    app.start_delivery().await;
+    let sink = TestSink::start().await;
+    let (id, secret) = app.subscribe(json!({"sink": sink.url("/sealed")})).await;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap();
+
+    #[derive(diesel::QueryableByName)]
+    struct Stored {
+        #[diesel(sql_type = diesel::sql_types::Bytea)]
+        secret: Vec<u8>,
+    }
+    let mut db = app.db().await;
+    let stored: Stored = diesel_async::RunQueryDsl::get_result(
+        diesel::sql_query("SELECT secret FROM subscriptions WHERE id = $1::uuid")
+            .bind::<diesel::sql_types::Text, _>(&id),
+        &mut db,
+    )
+    .await
+    .unwrap();
+    assert!(
+        !stored
+            .secret
+            .windows(raw.len())
+            .any(|window| window == raw.as_slice()),
+        "the secret is stored in the clear"
+    );
+
+    assert_eq!(
+        app.post_event(&event("com.example.sealed")).await.status(),
+        202
+    );
+    let delivered = sink.wait_delivered("/sealed", 1, WAIT).await;
+    assert!(verify(&delivered[0], &secret));
+    app.cleanup().await;
+}

@@ -80,6 +80,8 @@ pub struct AppState {
     pub subscription_queues: crate::deliver::queues::SubscriptionQueues,
     /// Sink address rules and the secret rotation grace.
     pub delivery: crate::deliver::config::DeliveryConfig,
+    /// Seals and opens subscriptions' signing secrets.
+    pub secrets: crate::deliver::secret_box::SecretBox,
 }
 
 /// Handles one request and writes its log line.

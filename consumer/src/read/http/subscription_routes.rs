@@ -129,7 +129,7 @@ pub async fn handle(
     match (method, path) {
         (Method::GET, SubscriptionPath::All) => {
             let mut conn = write_connection(state).await?;
-            let all = timed(state, store::list(&mut conn)).await?;
+            let all = timed(state, store::list(&mut conn, &state.secrets)).await?;
             let views: Vec<Value> = all.iter().map(|s| s.view()).collect();
             Ok(http_json::json(
                 StatusCode::OK,
@@ -175,7 +175,7 @@ async fn exists(
     conn: &mut diesel_async::AsyncPgConnection,
     id: Uuid,
 ) -> Result<crate::deliver::subscription::Subscription, ReadError> {
-    timed(state, store::get(conn, id))
+    timed(state, store::get(conn, &state.secrets, id))
         .await?
         .ok_or(ReadError::SubscriptionNotFound)
 }
@@ -256,7 +256,7 @@ async fn create(state: &AppState, mut body: Value) -> Result<Response<Full<Bytes
     let inserted = timed(
         state,
         conn.transaction(async |conn| {
-            let created = store::insert(conn, id, &spec, &secret).await?;
+            let created = store::insert(conn, &state.secrets, id, &spec, &secret).await?;
             if let Some(since) = since {
                 replay::create(conn, id, since, now).await?;
             }
@@ -316,7 +316,7 @@ async fn replace(
             ),
         });
     }
-    let updated = timed(state, store::replace(&mut conn, id, &spec))
+    let updated = timed(state, store::replace(&mut conn, &state.secrets, id, &spec))
         .await?
         .ok_or(ReadError::SubscriptionNotFound)?;
     tracing::info!(subscription = %id, status = updated.spec.status.as_str(), "subscription replaced");
@@ -345,9 +345,12 @@ async fn rotate(state: &AppState, id: Uuid) -> Result<Response<Full<Bytes>>, Rea
     let secret = SigningSecret::generate();
     let grace = chrono::Duration::from_std(state.delivery.secret_grace).unwrap_or_default();
     let until = Utc::now() + grace;
-    let rotated = timed(state, store::rotate_secret(&mut conn, id, &secret, until))
-        .await?
-        .ok_or(ReadError::SubscriptionNotFound)?;
+    let rotated = timed(
+        state,
+        store::rotate_secret(&mut conn, &state.secrets, id, &secret, until),
+    )
+    .await?
+    .ok_or(ReadError::SubscriptionNotFound)?;
     tracing::info!(subscription = %id, previous_valid_until = %until, "signing secret rotated");
     let mut view = rotated.view();
     view["secret"] = json!(secret.reveal());
