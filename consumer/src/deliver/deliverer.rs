@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
@@ -27,6 +27,8 @@ pub struct Deliverer {
     in_flight: Mutex<HashMap<Uuid, (u32, Arc<Semaphore>)>>,
     /// Per subscription: whether its last attempt failed, so only changes are written.
     failing: Mutex<HashMap<Uuid, bool>>,
+    /// Per subscription: no request before this time (the sink's last `Retry-After`).
+    holds: Mutex<HashMap<Uuid, DateTime<Utc>>>,
 }
 
 impl Deliverer {
@@ -38,6 +40,7 @@ impl Deliverer {
             config,
             in_flight: Mutex::new(HashMap::new()),
             failing: Mutex::new(HashMap::new()),
+            holds: Mutex::new(HashMap::new()),
         })
     }
 
@@ -59,8 +62,26 @@ impl Deliverer {
 
     /// One attempt of `pending`, within the subscription's in-flight limit, recorded.
     pub async fn attempt(&self, subscription: &Subscription, pending: &Pending) -> Outcome {
+        // A literal address is not resolved, so the resolver cannot refuse it: check it here too
+        // (the setting may have changed since the subscription was created).
+        if let Err(error) =
+            super::sink_address::check_url(&subscription.spec.sink, self.config.allow_private_sinks)
+        {
+            let outcome = Outcome::Failed {
+                status: None,
+                error: error.to_string(),
+                retry_after: None,
+            };
+            self.record(subscription, pending, &outcome).await;
+            return outcome;
+        }
         let permits = self.permits(subscription);
         let _permit = permits.acquire().await;
+        if let Some(until) = self.held_until(subscription.id) {
+            let outcome = Outcome::Deferred(until);
+            self.record(subscription, pending, &outcome).await;
+            return outcome;
+        }
         let outcome = sink::attempt(
             &self.client,
             subscription,
@@ -70,8 +91,37 @@ impl Deliverer {
             Utc::now(),
         )
         .await;
+        if let Outcome::Failed {
+            retry_after: Some(wait),
+            ..
+        } = &outcome
+        {
+            let until = Utc::now() + chrono::Duration::from_std(*wait).unwrap_or_default();
+            let mut holds = self
+                .holds
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let held = holds.entry(subscription.id).or_insert(until);
+            *held = (*held).max(until);
+        }
         self.record(subscription, pending, &outcome).await;
         outcome
+    }
+
+    /// When the sink's `Retry-After` still holds, until when.
+    fn held_until(&self, id: Uuid) -> Option<DateTime<Utc>> {
+        let mut holds = self
+            .holds
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match holds.get(&id) {
+            Some(until) if *until > Utc::now() => Some(*until),
+            Some(_) => {
+                holds.remove(&id);
+                None
+            }
+            None => None,
+        }
     }
 
     async fn record(&self, subscription: &Subscription, pending: &Pending, outcome: &Outcome) {
@@ -88,6 +138,11 @@ impl Deliverer {
             }
             Outcome::Gone => ("gone", true),
             Outcome::Failed { .. } => ("failed", true),
+            Outcome::Deferred(_) => {
+                metrics::counter!("warren_delivery_attempts_total", "subscription" => label, "outcome" => "deferred")
+                    .increment(1);
+                return;
+            }
         };
         metrics::counter!("warren_delivery_attempts_total", "subscription" => label, "outcome" => name)
             .increment(1);
@@ -126,6 +181,8 @@ impl Deliverer {
 pub fn after_attempt(mut pending: Pending, outcome: &Outcome) -> Pending {
     match outcome {
         Outcome::Delivered(_) => {}
+        // Not sent: not an attempt.
+        Outcome::Deferred(_) => {}
         // A 410 pauses the subscription; the attempt does not count against the event.
         Outcome::Gone => {
             pending.last_status = Some(410);

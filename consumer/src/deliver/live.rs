@@ -52,6 +52,11 @@ pub enum Ended {
     /// Its sink answered 410 Gone: the subscription is paused; it must not restart until the
     /// worker has read the pause.
     Paused,
+    /// Its queue does not exist: the subscription is being deleted (the API deletes the queue
+    /// first), or the queue was lost. Not restarted until the subscription changes (a `PUT`
+    /// declares the queue again); a worker never re-creates it, or a deleted subscription's
+    /// queue would come back and fill forever.
+    QueueMissing,
 }
 
 /// Consumes `subscription`'s queue until `stop` fires, the sink asks to stop (410), or the
@@ -64,7 +69,9 @@ pub async fn consume(
     stop: CancellationToken,
 ) -> Result<Ended, lapin::Error> {
     let ordered = subscription.spec.ordering != Ordering::None;
-    queues::declare(&channel, &topology, subscription.id, ordered).await?;
+    if !queues::exists(&channel, &topology, subscription.id).await? {
+        return Ok(Ended::QueueMissing);
+    }
     let prefetch = deliverer.config.prefetch;
     channel
         .basic_qos(prefetch, BasicQosOptions::default())

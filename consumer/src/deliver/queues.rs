@@ -1,8 +1,8 @@
 //! Each subscription's own queue: a quorum queue bound to the events exchange for every routing
 //! key, so a slow or paused sink lets only its own queue grow, never the store queue or another
 //! subscription's. The API declares it before the subscription is committed (events accepted from
-//! then on wait for it) and deletes it with the subscription; workers declare it again,
-//! idempotently, before consuming.
+//! then on wait for it), again on every `PUT` (idempotent: the repair for a lost queue), and
+//! deletes it before the subscription's row; workers only consume it, never create it.
 //!
 //! An ordered subscription's queue has a single active consumer (`x-single-active-consumer`):
 //! one worker delivers it at a time, parallel across keys, and another takes over if it dies.
@@ -56,6 +56,31 @@ pub async fn declare(
             FieldTable::default(),
         )
         .await
+}
+
+/// Whether subscription `id`'s queue exists (a passive declare). A missing queue closes the
+/// channel, as AMQP does; the caller opened it for this subscription alone.
+pub async fn exists(
+    channel: &Channel,
+    topology: &Topology,
+    id: Uuid,
+) -> Result<bool, lapin::Error> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(
+            queue_name(topology, id).as_str().into(),
+            passive,
+            FieldTable::default(),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(error) if is_not_found(&error) => Ok(false),
+        Err(error) => Err(error),
+    }
 }
 
 /// The API's broker connection for declaring, counting and deleting subscription queues: opened

@@ -33,6 +33,7 @@ pub fn next_step(
     match outcome {
         Outcome::Delivered(_) => Next::Done,
         Outcome::Gone => Next::Pause,
+        Outcome::Deferred(until) => Next::RetryAt(*until),
         Outcome::Failed { retry_after, .. } => {
             if attempts >= settings.attempts {
                 return Next::DeadLetter;
@@ -115,6 +116,12 @@ mod tests {
             Next::Done
         );
         assert_eq!(next_step(&Outcome::Gone, 1, &settings(), now), Next::Pause);
+        // A deferred event was not sent: due when the hold ends, even on its last attempt.
+        let later = now + chrono::Duration::seconds(30);
+        assert_eq!(
+            next_step(&Outcome::Deferred(later), 5, &settings(), now),
+            Next::RetryAt(later)
+        );
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub enum Outcome {
     Delivered(u16),
     /// 410 Gone: the sink asks to stop (CloudEvents HTTP webhook spec); the subscription pauses.
     Gone,
+    /// Not sent: the sink asked (429 or 503 with `Retry-After`) not to be sent anything before
+    /// this time (CloudEvents HTTP webhook spec, 2: the sender MUST observe it). Not an attempt.
+    Deferred(DateTime<Utc>),
     /// Anything else: a non-2xx answer, a timeout, a refused connection.
     Failed {
         /// The status, when the sink answered.
@@ -181,6 +184,7 @@ pub async fn attempt(
         reqwest::Method::POST
     };
     let timeout = subscription.spec.delivery.timeout();
+    let started = std::time::Instant::now();
     let sent = client
         .request(method, &subscription.spec.sink)
         .headers(headers)
@@ -202,7 +206,13 @@ pub async fn attempt(
     let retry_after = matches!(status, 429 | 503)
         .then(|| retry_after(response.headers(), now))
         .flatten();
-    let answer = read_bounded(response, max_response_bytes, timeout).await;
+    // One timeout for the whole attempt: the answer's body gets what is left of it.
+    let answer = read_bounded(
+        response,
+        max_response_bytes,
+        timeout.saturating_sub(started.elapsed()),
+    )
+    .await;
     match status {
         200..=299 => Outcome::Delivered(status),
         410 => Outcome::Gone,

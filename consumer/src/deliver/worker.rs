@@ -248,8 +248,8 @@ async fn session(
     config.topology.declare_exchange(&connection).await?;
     consuming.store(true, Ordering::Release);
     let mut running: HashMap<Uuid, Running> = HashMap::new();
-    // Subscriptions a consumer saw paused (410), by the version it delivered: not restarted
-    // until the worker has read the pause, which changes the version.
+    // Subscriptions a consumer stopped for (a 410 pause, a missing queue), by the version it
+    // delivered: not restarted until the subscription changes (or goes).
     let mut paused_here: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
     let result = loop {
         let snapshot = subscriptions.borrow_and_update().clone();
@@ -280,6 +280,10 @@ async fn session(
             if let Some(run) = running.remove(&id) {
                 match run.task.await {
                     Ok(Ok(live::Ended::Paused)) => {
+                        paused_here.insert(id, run.updated_at);
+                    }
+                    Ok(Ok(live::Ended::QueueMissing)) => {
+                        tracing::warn!(subscription = %id, "the subscription's queue does not exist; deleted, or lost (PUT the subscription to declare it again)");
                         paused_here.insert(id, run.updated_at);
                     }
                     Ok(Ok(live::Ended::Stopped)) => {

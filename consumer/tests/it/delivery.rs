@@ -181,11 +181,12 @@ async fn a_sink_answering_500_then_200_gets_the_event_on_a_backoff_schedule_with
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn retry_after_on_429_is_honoured() {
+async fn after_a_429_with_retry_after_nothing_is_sent_to_that_sink_until_then() {
     let app = app_with_worker().await;
     let sink = TestSink::start().await;
-    sink.respond(|_, earlier| {
-        if earlier == 0 {
+    let first = std::sync::atomic::AtomicBool::new(true);
+    sink.respond(move |_, _| {
+        if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
             Answer {
                 retry_after: Some(2),
                 ..Answer::status(429)
@@ -200,10 +201,28 @@ async fn retry_after_on_429_is_honoured() {
         app.post_event(&event("com.example.busy")).await.status(),
         202
     );
-    sink.wait_delivered("/busy", 1, WAIT).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sink.received().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "nothing arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Events accepted during the hold wait for it too, without using an attempt.
+    let batch: Vec<Value> = (0..3).map(|_| event("com.example.busy")).collect();
+    assert_eq!(app.post_batch(batch).await.status(), 202);
+    sink.wait_delivered("/busy", 4, WAIT).await;
     let attempts = sink.received();
-    assert_eq!(attempts.len(), 2);
-    assert!(attempts[1].at - attempts[0].at >= Duration::from_secs(2));
+    assert_eq!(
+        attempts.len(),
+        5,
+        "one 429, then each of the four events once"
+    );
+    for later in &attempts[1..] {
+        assert!(
+            later.at - attempts[0].at >= Duration::from_secs(2),
+            "a request {:?} after the 429 that asked for 2 s",
+            later.at - attempts[0].at
+        );
+    }
     app.cleanup().await;
 }
 
@@ -541,5 +560,40 @@ async fn with_a_secret_key_signing_secrets_are_sealed_at_rest_and_still_sign() {
     );
     let delivered = sink.wait_delivered("/sealed", 1, WAIT).await;
     assert!(verify(&delivered[0], &secret));
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_subscription_s_queue_stays_deleted_while_workers_run() {
+    let app = app_with_worker().await;
+    let sink = TestSink::start().await;
+    let (id, _) = app.subscribe(json!({"sink": sink.url("/deleted")})).await;
+    assert_eq!(
+        app.post_event(&event("com.example.deleted")).await.status(),
+        202
+    );
+    sink.wait_delivered("/deleted", 1, WAIT).await;
+    let (status, _) = app
+        .api("DELETE", &format!("/v1/subscriptions/{id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    // Several refreshes of the worker later, the queue has not come back.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let queue = consumer::deliver::queues::queue_name(&app.topology(), id.parse().unwrap());
+    let connection = app.amqp().await;
+    let channel = connection.create_channel().await.unwrap();
+    let exists = consumer::deliver::queues::exists(&channel, &app.topology(), id.parse().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        !exists,
+        "{queue} was declared again after the subscription was deleted"
+    );
+    assert_eq!(
+        app.post_event(&event("com.example.deleted")).await.status(),
+        202
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.received().len(), 1);
     app.cleanup().await;
 }

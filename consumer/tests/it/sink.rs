@@ -2,6 +2,7 @@
 //! answers as the test scripts it, and verifies Standard Webhooks signatures with its own
 //! implementation of the specification (not Warren's), so a signing bug cannot verify itself.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,6 +69,8 @@ type Script = Box<dyn Fn(&Received, usize) -> Answer + Send + Sync>;
 
 struct State {
     received: Mutex<Vec<Received>>,
+    /// Requests per (path, webhook-id) so far, for the script's `earlier`.
+    attempts: Mutex<HashMap<(String, String), usize>>,
     script: Mutex<Arc<Script>>,
 }
 
@@ -84,13 +87,21 @@ impl Drop for TestSink {
 }
 
 impl TestSink {
-    /// A sink that answers 204 to everything.
+    /// A sink that answers 204 to everything, on a port of its own.
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(0).await
+    }
+
+    /// A sink that answers 204 to everything, on 127.0.0.1:`port`.
+    pub async fn start_on(port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         let address = listener.local_addr().unwrap();
         let always: Script = Box::new(|_, _| Answer::status(204));
         let state = Arc::new(State {
             received: Mutex::new(Vec::new()),
+            attempts: Mutex::new(HashMap::new()),
             script: Mutex::new(Arc::new(always)),
         });
         let serving = Arc::clone(&state);
@@ -180,13 +191,14 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         status: 0,
     };
     let script = Arc::clone(&state.script.lock().unwrap());
-    let earlier = state
-        .received
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|r| r.path == received.path && r.webhook_id() == received.webhook_id())
-        .count();
+    let earlier = {
+        let mut attempts = state.attempts.lock().unwrap();
+        let count = attempts
+            .entry((received.path.clone(), received.webhook_id()))
+            .or_insert(0);
+        *count += 1;
+        *count - 1
+    };
     let decided = script(&received, earlier);
     if !decided.delay.is_zero() {
         tokio::time::sleep(decided.delay).await;

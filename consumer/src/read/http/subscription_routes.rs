@@ -307,7 +307,17 @@ async fn replace(
     let spec = spec(state, body).await?;
     let mut conn = write_connection(state).await?;
     let existing = exists(state, &mut conn, id).await?;
-    if existing.spec.ordering != spec.ordering {
+    if existing.spec.ordering == spec.ordering {
+        // Idempotent; declares the queue again if it was lost.
+        state
+            .subscription_queues
+            .declare(
+                id,
+                spec.ordering != crate::deliver::subscription::Ordering::None,
+            )
+            .await
+            .map_err(|error| ReadError::BrokerUnavailable(error.to_string()))?;
+    } else {
         return Err(ReadError::Conflict {
             code: "ordering_fixed",
             message: format!(
