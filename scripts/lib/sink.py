@@ -2,16 +2,18 @@
 """A webhook sink for trying subscriptions, the delivery fault suite and the bench: it records what
 it receives, answers 204 (or what it is told), and checks Standard Webhooks signatures.
 
-  sink.py serve --port P [--out FILE.jsonl] [--secret whsec_...] [--status CODE] [--delay-ms N]
+  sink.py serve --port P [--out FILE.jsonl] [--secret whsec_...] [--status CODE] [--delay PATH=MS]...
       Listens on 127.0.0.1:P. Each request is printed (one line) and, with --out, appended to FILE
       as JSON: time, path, webhook-id/-timestamp/-signature, ce-id, ce-source, ce-type, whether
       it is a replay, the answer's status, and the body (base64), so signatures can be checked
-      afterwards. With --secret each line also says whether the signature verifies.
+      afterwards. With --secret each line also says whether the signature verifies. --delay
+      answers requests to PATH after MS milliseconds (a slow sink; requests stay in flight).
   sink.py reconcile --csv LOAD.csv --records FILE.jsonl --path /P --secret whsec_... --name NAME
                     [--heal T]
       Compares the events a loadgen.py run got a 202 for with what reached path /P: delivered,
       lost, duplicates (2xx answers beyond the first per webhook-id), bad signatures, and how long
-      after T (epoch seconds) the last missing event arrived. Prints one JSON line.
+      after T (epoch seconds, the heal) the last event accepted before T arrived: the backlog
+      caught up. Prints one JSON line.
 
 Not a product feature: a test helper. Standard library only.
 """
@@ -40,6 +42,7 @@ def signature_ok(secret, webhook_id, timestamp, body, signatures):
 def serve(args):
     lock = threading.Lock()
     out = open(args.out, "a", buffering=1) if args.out else None
+    delays = {path: int(ms) for path, ms in (item.split("=", 1) for item in args.delay)}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -47,8 +50,9 @@ def serve(args):
         def receive(self):
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length) if length else b""
-            if args.delay_ms:
-                time.sleep(args.delay_ms / 1000)
+            delay = delays.get(self.path.split("?", 1)[0])
+            if delay:
+                time.sleep(delay / 1000)
             header = self.headers.get
             record = {
                 "t": time.time(),
@@ -117,7 +121,8 @@ def reconcile(args):
                 replayed += record["replay"]
     lost = sorted(set(accepted) - set(delivered))
     latencies = sorted((delivered[i] - accepted[i]) * 1000 for i in accepted if i in delivered)
-    last = max((delivered[i] for i in accepted if i in delivered), default=None)
+    before_heal = [delivered[i] for i, done in accepted.items() if i in delivered and args.heal and done < args.heal]
+    caught_up = max(0.0, max(before_heal) - args.heal) if before_heal else None
 
     def quantile(q):
         return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))]) if latencies else None
@@ -132,7 +137,7 @@ def reconcile(args):
         "duplicates": sum(count - 1 for count in answered_2xx.values()),
         "bad_signatures": bad_signatures,
         "unexpected": len(set(delivered) - set(accepted)),
-        "heal_to_last_delivery_s": round(last - args.heal, 2) if last and args.heal else None,
+        "heal_to_caught_up_s": round(caught_up, 2) if caught_up is not None else None,
         "latency_p50_ms": quantile(0.5),
         "latency_p99_ms": quantile(0.99),
         "latency_max_ms": round(latencies[-1]) if latencies else None,
@@ -147,7 +152,7 @@ def main():
     run.add_argument("--out")
     run.add_argument("--secret")
     run.add_argument("--status", type=int, default=204)
-    run.add_argument("--delay-ms", type=int, default=0)
+    run.add_argument("--delay", action="append", default=[], metavar="PATH=MS")
     check = commands.add_parser("reconcile")
     check.add_argument("--csv", required=True)
     check.add_argument("--records", required=True)

@@ -21,9 +21,6 @@ pub struct DeliveryConfig {
     /// `WARREN_DELIVERY_PAUSE_AFTER_SECS` (86400): a sink failing without a success for this
     /// long pauses its subscription (0: never).
     pub pause_after: Duration,
-    /// `WARREN_DELIVERY_PREFETCH` (8): broker messages (each up to a batch of events) a worker
-    /// holds per subscription.
-    pub prefetch: u16,
     /// `WARREN_DELIVERY_SECRET_GRACE_SECS` (86400): how long a rotated-out secret keeps signing.
     pub secret_grace: Duration,
     /// `WARREN_DELIVERY_REPLAY_RATE` (500): events per second a replay delivers, at most.
@@ -67,7 +64,6 @@ impl DeliveryConfig {
                 86_400u64,
                 0..=30 * 86_400,
             )?),
-            prefetch: settings.bounded("WARREN_DELIVERY_PREFETCH", 8u16, 1..=1_000)?,
             secret_grace: Duration::from_secs(settings.bounded(
                 "WARREN_DELIVERY_SECRET_GRACE_SECS",
                 86_400u64,

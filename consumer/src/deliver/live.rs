@@ -72,7 +72,10 @@ pub async fn consume(
     if !queues::exists(&channel, &topology, subscription.id).await? {
         return Ok(Ended::QueueMissing);
     }
-    let prefetch = deliverer.config.prefetch;
+    // As many messages as requests may be in flight: a message carries one event or more, so
+    // single-event messages keep the sink at `max_in_flight`, and batches are held to it by
+    // the subscription's permits.
+    let prefetch = u16::try_from(subscription.spec.delivery.max_in_flight).unwrap_or(u16::MAX);
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;

@@ -114,6 +114,35 @@ fn seal(secrets: &SecretBox, id: Uuid, secret: &SigningSecret) -> QueryResult<Ve
         .map_err(|error| diesel::result::Error::SerializationError(Box::new(error)))
 }
 
+/// The columns a subscription's definition is stored in, bound as `$2`..`$10` by [`bind_spec`]
+/// (in this order) in both the insert and the replace; `$1` is the id.
+const SPEC_COLUMNS: &str =
+    "sink, filters, types, source, protocol_settings, delivery, format, status, ordering";
+const SPEC_PLACEHOLDERS: &str = "$2, $3, $4, $5, $6, $7, $8, $9, $10";
+
+/// Binds `$1` (the id) and the definition's columns in [`SPEC_COLUMNS`] order.
+fn bind_spec<'a>(
+    query: diesel::query_builder::BoxedSqlQuery<
+        'a,
+        diesel::pg::Pg,
+        diesel::query_builder::SqlQuery,
+    >,
+    id: Uuid,
+    spec: &'a SubscriptionSpec,
+) -> diesel::query_builder::BoxedSqlQuery<'a, diesel::pg::Pg, diesel::query_builder::SqlQuery> {
+    query
+        .bind::<SqlUuid, _>(id)
+        .bind::<Text, _>(&spec.sink)
+        .bind::<Jsonb, _>(&spec.filters_json)
+        .bind::<Nullable<Array<Text>>, _>(&spec.types)
+        .bind::<Nullable<Text>, _>(&spec.source)
+        .bind::<Jsonb, _>(spec.protocol_settings())
+        .bind::<Jsonb, _>(json!(spec.delivery))
+        .bind::<Text, _>(spec.format.as_str())
+        .bind::<Text, _>(spec.status.as_str())
+        .bind::<Text, _>(spec.ordering.as_str())
+}
+
 /// Stores a new subscription.
 pub async fn insert(
     conn: &mut AsyncPgConnection,
@@ -123,52 +152,34 @@ pub async fn insert(
     secret: &SigningSecret,
 ) -> QueryResult<Option<Subscription>> {
     let sealed = seal(secrets, id, secret)?;
-    let rows: Vec<SubscriptionRow> = diesel::sql_query(format!(
-        "INSERT INTO subscriptions (id, sink, filters, types, source, protocol_settings, delivery, \
-         format, secret, status, ordering) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-         RETURNING {COLUMNS}"
+    let query = diesel::sql_query(format!(
+        "INSERT INTO subscriptions (id, {SPEC_COLUMNS}, secret) \
+         VALUES ($1, {SPEC_PLACEHOLDERS}, $11) RETURNING {COLUMNS}"
     ))
-    .bind::<SqlUuid, _>(id)
-    .bind::<Text, _>(&spec.sink)
-    .bind::<Jsonb, _>(&spec.filters_json)
-    .bind::<Nullable<Array<Text>>, _>(&spec.types)
-    .bind::<Nullable<Text>, _>(&spec.source)
-    .bind::<Jsonb, _>(spec.protocol_settings())
-    .bind::<Jsonb, _>(json!(spec.delivery))
-    .bind::<Text, _>(spec.format.as_str())
-    .bind::<Bytea, _>(&sealed)
-    .bind::<Text, _>(spec.status.as_str())
-    .bind::<Text, _>(spec.ordering.as_str())
-    .load(conn)
-    .await?;
+    .into_boxed();
+    let rows: Vec<SubscriptionRow> = bind_spec(query, id, spec)
+        .bind::<Bytea, _>(sealed)
+        .load(conn)
+        .await?;
     Ok(subscriptions(rows, secrets).pop())
 }
 
-/// Replaces a subscription's definition. Setting it active clears a pause and its reason.
+/// Replaces a subscription's definition (its ordering, which the caller checked, stays). Setting
+/// it active clears a pause and its reason.
 pub async fn replace(
     conn: &mut AsyncPgConnection,
     secrets: &SecretBox,
     id: Uuid,
     spec: &SubscriptionSpec,
 ) -> QueryResult<Option<Subscription>> {
-    let rows: Vec<SubscriptionRow> = diesel::sql_query(format!(
-        "UPDATE subscriptions SET sink = $2, filters = $3, types = $4, source = $5, \
-         protocol_settings = $6, delivery = $7, format = $8, status = $9, \
+    let query = diesel::sql_query(format!(
+        "UPDATE subscriptions SET ({SPEC_COLUMNS}) = ({SPEC_PLACEHOLDERS}), \
          status_reason = CASE WHEN $9 = 'active' THEN NULL ELSE status_reason END, \
          failing_since = CASE WHEN $9 = 'active' THEN NULL ELSE failing_since END, \
          updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
     ))
-    .bind::<SqlUuid, _>(id)
-    .bind::<Text, _>(&spec.sink)
-    .bind::<Jsonb, _>(&spec.filters_json)
-    .bind::<Nullable<Array<Text>>, _>(&spec.types)
-    .bind::<Nullable<Text>, _>(&spec.source)
-    .bind::<Jsonb, _>(spec.protocol_settings())
-    .bind::<Jsonb, _>(json!(spec.delivery))
-    .bind::<Text, _>(spec.format.as_str())
-    .bind::<Text, _>(spec.status.as_str())
-    .load(conn)
-    .await?;
+    .into_boxed();
+    let rows: Vec<SubscriptionRow> = bind_spec(query, id, spec).load(conn).await?;
     Ok(subscriptions(rows, secrets).pop())
 }
 

@@ -222,6 +222,37 @@ async fn connection(state: &AppState) -> Result<PooledConnection, ReadError> {
         .map_err(|error| ReadError::Unavailable(error.to_string()))
 }
 
+/// Admits a request to a resource that answers `allowed` methods (e.g. `"GET, PUT, DELETE"`):
+/// 405 for another method; reading takes a read or admin key, changing an admin key; then the
+/// caller's rate limit.
+pub(crate) fn admit(
+    state: &AppState,
+    request: &Request<Incoming>,
+    allowed: &'static str,
+) -> Result<(), ReadError> {
+    let method = request.method();
+    if !allowed.split(", ").any(|name| name == method.as_str()) {
+        return Err(ReadError::Shared(SharedError::MethodNotAllowed {
+            allow: allowed,
+        }));
+    }
+    let scopes: &[Scope] = if method == Method::GET {
+        &[Scope::Read, Scope::Admin]
+    } else {
+        &[Scope::Admin]
+    };
+    let authorization = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let caller = state.auth.authorize_any(authorization, scopes)?;
+    state
+        .limiter
+        .check(caller, 1.0)
+        .map(drop)
+        .map_err(|limited| ReadError::Shared(SharedError::RateLimited(limited)))
+}
+
 /// Reads a JSON request body of at most `limit` bytes, strictly (no duplicate keys, bounded
 /// depth), within a deadline.
 pub(crate) async fn read_json(

@@ -10,12 +10,11 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use service_runtime::auth::Scope;
 use service_runtime::http_error::SharedError;
 use service_runtime::http_json;
 use shared_types::data_schema::{self, Policy};
 
-use super::{read_json, timed, write_connection, AppState};
+use super::{admit, read_json, timed, write_connection, AppState};
 use crate::read::error::ReadError;
 use crate::read::schema_registry::{self, VersionView};
 
@@ -147,25 +146,7 @@ pub async fn handle(
         SchemaPath::Type(_) => "GET, PUT, DELETE",
         SchemaPath::Version(..) => "GET, DELETE",
     };
-    if !allowed.split(", ").any(|name| name == method.as_str()) {
-        return Err(ReadError::Shared(SharedError::MethodNotAllowed {
-            allow: allowed,
-        }));
-    }
-    let scopes: &[Scope] = if method == Method::GET {
-        &[Scope::Read, Scope::Admin]
-    } else {
-        &[Scope::Admin]
-    };
-    let authorization = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok());
-    let caller = state.auth.authorize_any(authorization, scopes)?;
-    state
-        .limiter
-        .check(caller, 1.0)
-        .map_err(|limited| ReadError::Shared(SharedError::RateLimited(limited)))?;
+    admit(state, &request, allowed)?;
     match (method, path) {
         (Method::GET, SchemaPath::All) => list(state, request.uri().query()).await,
         (Method::GET, SchemaPath::Type(event_type)) => {

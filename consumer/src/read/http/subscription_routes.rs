@@ -11,12 +11,11 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
-use service_runtime::auth::Scope;
 use service_runtime::http_error::SharedError;
 use service_runtime::http_json;
 use uuid::Uuid;
 
-use super::{read_json, timed, write_connection, AppState};
+use super::{admit, read_json, timed, write_connection, AppState};
 use crate::deliver::problem::FieldProblem;
 use crate::deliver::signature::SigningSecret;
 use crate::deliver::subscription::SubscriptionSpec;
@@ -105,26 +104,7 @@ pub async fn handle(
     path: SubscriptionPath,
 ) -> Result<Response<Full<Bytes>>, ReadError> {
     let method = request.method().clone();
-    let allowed = path.allowed();
-    if !allowed.split(", ").any(|name| name == method.as_str()) {
-        return Err(ReadError::Shared(SharedError::MethodNotAllowed {
-            allow: allowed,
-        }));
-    }
-    let scopes: &[Scope] = if method == Method::GET {
-        &[Scope::Read, Scope::Admin]
-    } else {
-        &[Scope::Admin]
-    };
-    let authorization = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok());
-    let caller = state.auth.authorize_any(authorization, scopes)?;
-    state
-        .limiter
-        .check(caller, 1.0)
-        .map_err(|limited| ReadError::Shared(SharedError::RateLimited(limited)))?;
+    admit(state, &request, path.allowed())?;
     let query = request.uri().query().map(str::to_owned);
     match (method, path) {
         (Method::GET, SubscriptionPath::All) => {
