@@ -29,6 +29,32 @@ pub struct Deliverer {
     failing: Mutex<HashMap<Uuid, bool>>,
     /// Per subscription: no request before this time (the sink's last `Retry-After`).
     holds: Mutex<HashMap<Uuid, DateTime<Utc>>>,
+    /// Per subscription: its metric handles, registered once (a labelled macro call per
+    /// delivery allocates and hashes its labels every time).
+    series: Mutex<HashMap<Uuid, Arc<Series>>>,
+}
+
+/// One subscription's delivery metrics.
+struct Series {
+    delivered: metrics::Counter,
+    failed: metrics::Counter,
+    gone: metrics::Counter,
+    deferred: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+impl Series {
+    fn new(id: Uuid) -> Self {
+        let label = id.to_string();
+        let attempts = |outcome: &'static str| metrics::counter!("warren_delivery_attempts_total", "subscription" => label.clone(), "outcome" => outcome);
+        Self {
+            delivered: attempts("delivered"),
+            failed: attempts("failed"),
+            gone: attempts("gone"),
+            deferred: attempts("deferred"),
+            latency: metrics::histogram!("warren_delivery_latency_seconds", "subscription" => label.clone()),
+        }
+    }
 }
 
 impl Deliverer {
@@ -41,6 +67,7 @@ impl Deliverer {
             in_flight: Mutex::new(HashMap::new()),
             failing: Mutex::new(HashMap::new()),
             holds: Mutex::new(HashMap::new()),
+            series: Mutex::new(HashMap::new()),
         })
     }
 
@@ -64,9 +91,10 @@ impl Deliverer {
     pub async fn attempt(&self, subscription: &Subscription, pending: &Pending) -> Outcome {
         // A literal address is not resolved, so the resolver cannot refuse it: check it here too
         // (the setting may have changed since the subscription was created).
-        if let Err(error) =
-            super::sink_address::check_url(&subscription.spec.sink, self.config.allow_private_sinks)
-        {
+        if let Err(error) = super::sink_address::check_host(
+            &subscription.spec.sink_url,
+            self.config.allow_private_sinks,
+        ) {
             let outcome = Outcome::Failed {
                 status: None,
                 error: error.to_string(),
@@ -108,6 +136,18 @@ impl Deliverer {
         outcome
     }
 
+    fn series(&self, id: Uuid) -> Arc<Series> {
+        let mut series = self
+            .series
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(
+            series
+                .entry(id)
+                .or_insert_with(|| Arc::new(Series::new(id))),
+        )
+    }
+
     /// When the sink's `Retry-After` still holds, until when.
     fn held_until(&self, id: Uuid) -> Option<DateTime<Utc>> {
         let mut holds = self
@@ -125,27 +165,30 @@ impl Deliverer {
     }
 
     async fn record(&self, subscription: &Subscription, pending: &Pending, outcome: &Outcome) {
-        let label = subscription.id.to_string();
-        let (name, failing) = match outcome {
+        let series = self.series(subscription.id);
+        let failing = match outcome {
             Outcome::Delivered(_) => {
                 let latency = (Utc::now() - pending.received_at)
                     .to_std()
                     .unwrap_or_default()
                     .as_secs_f64();
-                metrics::histogram!("warren_delivery_latency_seconds", "subscription" => label.clone())
-                    .record(latency);
-                ("delivered", false)
+                series.latency.record(latency);
+                series.delivered.increment(1);
+                false
             }
-            Outcome::Gone => ("gone", true),
-            Outcome::Failed { .. } => ("failed", true),
+            Outcome::Gone => {
+                series.gone.increment(1);
+                true
+            }
+            Outcome::Failed { .. } => {
+                series.failed.increment(1);
+                true
+            }
             Outcome::Deferred(_) => {
-                metrics::counter!("warren_delivery_attempts_total", "subscription" => label, "outcome" => "deferred")
-                    .increment(1);
+                series.deferred.increment(1);
                 return;
             }
         };
-        metrics::counter!("warren_delivery_attempts_total", "subscription" => label, "outcome" => name)
-            .increment(1);
         let changed = {
             let mut map = self
                 .failing

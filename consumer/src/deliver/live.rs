@@ -104,7 +104,7 @@ pub async fn consume(
                 (&deliverer, &subscription, &failure, &stop, &paused);
             async move {
                 let result = match delivery {
-                    Ok(delivery) => handle(deliverer, subscription, delivery, stop).await,
+                    Ok(delivery) => handle(deliverer, subscription, delivery, stop, paused).await,
                     Err(error) => Err(error),
                 };
                 match result {
@@ -147,6 +147,7 @@ async fn handle(
     subscription: &Subscription,
     delivery: Delivery,
     stop: &CancellationToken,
+    paused: &std::sync::atomic::AtomicBool,
 ) -> Result<Handled, lapin::Error> {
     let envelope = match Envelope::decode(&delivery.data) {
         Ok(envelope) => envelope,
@@ -184,6 +185,16 @@ async fn handle(
         .collect();
     let leftovers = if matching.is_empty() {
         Leftovers::default()
+    } else if paused.load(std::sync::atomic::Ordering::Acquire) {
+        // The sink said 410 on another message of this consumer: attempt nothing more, keep the
+        // events for when the subscription is resumed (messages taken concurrently with that one).
+        Leftovers {
+            retries: matching
+                .into_iter()
+                .map(|pending| (pending, Utc::now()))
+                .collect(),
+            ..Leftovers::default()
+        }
     } else if ordering == Ordering::None {
         unordered(deliverer, subscription, matching).await
     } else {
@@ -193,6 +204,9 @@ async fn handle(
             None => return Ok(Handled::Done),
         }
     };
+    if leftovers.pause.is_some() {
+        paused.store(true, std::sync::atomic::Ordering::Release);
+    }
     if !persist(deliverer, subscription, &leftovers, stop).await {
         // Stopping before the commit: the message stays unacknowledged and comes back.
         return Ok(Handled::Done);

@@ -186,7 +186,7 @@ pub async fn attempt(
     let timeout = subscription.spec.delivery.timeout();
     let started = std::time::Instant::now();
     let sent = client
-        .request(method, &subscription.spec.sink)
+        .request(method, subscription.spec.sink_url.clone())
         .headers(headers)
         .body(body)
         .timeout(timeout)

@@ -34,8 +34,15 @@ pub fn check_url(sink: &str, allow_private: bool) -> Result<Url, SinkError> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(SinkError::Credentials);
     }
+    check_host(&url, allow_private)?;
+    Ok(url)
+}
+
+/// The address rule alone, on a URL already parsed: a literal IP must be public and `localhost`
+/// names are refused, unless private sinks are allowed. Names are checked by the resolver.
+pub fn check_host(url: &Url, allow_private: bool) -> Result<(), SinkError> {
     if !allow_private {
-        if let Some(ip) = literal_ip(&url) {
+        if let Some(ip) = literal_ip(url) {
             if !is_public(ip) {
                 return Err(SinkError::NotPublic(ip));
             }
@@ -46,7 +53,7 @@ pub fn check_url(sink: &str, allow_private: bool) -> Result<Url, SinkError> {
             return Err(SinkError::NotPublic(IpAddr::V4(Ipv4Addr::LOCALHOST)));
         }
     }
-    Ok(url)
+    Ok(())
 }
 
 /// Resolves the sink's host and refuses it when any address is not public. A name that does not

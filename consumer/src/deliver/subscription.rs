@@ -154,8 +154,10 @@ const MAX_URL_BYTES: usize = 2048;
 /// What a subscriber asked for, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubscriptionSpec {
-    /// Where to POST.
+    /// Where to POST, as given.
     pub sink: String,
+    /// The same, parsed once (a request to it needs no parsing).
+    pub sink_url: reqwest::Url,
     /// The filters as given, returned as given.
     pub filters_json: Value,
     /// The filters, parsed.
@@ -260,6 +262,7 @@ impl SubscriptionSpec {
                 Ordering::None
             }
         };
+        let mut sink_url = None;
         let sink = match object.get("sink").and_then(Value::as_str) {
             None => {
                 problems.push(FieldProblem::new(
@@ -278,7 +281,10 @@ impl SubscriptionSpec {
                 String::new()
             }
             Some(sink) => match sink_address::check_url(sink, allow_private) {
-                Ok(_) => sink.to_owned(),
+                Ok(url) => {
+                    sink_url = Some(url);
+                    sink.to_owned()
+                }
                 Err(error) => {
                     let code = match error {
                         sink_address::SinkError::NotPublic(_) => "sink_not_allowed",
@@ -367,11 +373,12 @@ impl SubscriptionSpec {
             }
         };
         let delivery = delivery_settings(object.get("delivery"), &mut problems);
-        if !problems.is_empty() {
+        let Some(sink_url) = sink_url.filter(|_| problems.is_empty()) else {
             return Err(problems);
-        }
+        };
         Ok(Self {
             sink,
+            sink_url,
             filters_json,
             filters,
             types,
