@@ -3,10 +3,11 @@
 //! event in it was delivered, or its retry or dead letter was committed; a worker killed before
 //! that leaves the message to be delivered again (at least once, same `webhook-id`).
 //!
-//! Unordered subscriptions deliver a message's events, and up to `WARREN_DELIVERY_PREFETCH`
-//! messages, concurrently. Ordered ones take one message at a time, deliver its keys in parallel
-//! and each key's events in order; an event that fails is written as a retry and holds back the
-//! later events of its key (written behind it) until it is delivered or dead-lettered.
+//! Unordered subscriptions deliver a message's events, and up to `max_in_flight` messages,
+//! concurrently. Ordered ones handle as many messages at once, but each key's events in the
+//! order the queue holds them ([`KeyOrder`]): keys go in parallel, a key's events one after
+//! another, and an event that fails is written as a retry and holds back the later events of its
+//! key (written behind it) until it is delivered or dead-lettered.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use shared_types::envelope::Envelope;
 use tokio_util::sync::CancellationToken;
 
 use super::deliverer::{after_attempt, Deliverer};
+use super::key_order::{KeyOrder, Place, Turn};
 use super::queues;
 use super::schedule::Next;
 use super::sink::Outcome;
@@ -94,17 +96,20 @@ pub async fn consume(
         )
         .await?;
     tracing::info!(subscription = %subscription.id, %queue, ordered, "delivering");
-    let concurrency = if ordered { 1 } else { usize::from(prefetch) };
+    let key_order = ordered.then(|| Arc::new(KeyOrder::default()));
     let failure: std::sync::Mutex<Option<lapin::Error>> = std::sync::Mutex::new(None);
     let paused = std::sync::atomic::AtomicBool::new(false);
     consumer
         .take_until(stop.cancelled().boxed())
-        .for_each_concurrent(concurrency, |delivery| {
+        .for_each_concurrent(usize::from(prefetch), |delivery| {
+            // Called in the order the broker delivers: an ordered subscription's message takes
+            // its place in its keys' lines here, before any later message can.
+            let taken = delivery.map(|delivery| take(&subscription, key_order.as_ref(), delivery));
             let (deliverer, subscription, failure, stop, paused) =
                 (&deliverer, &subscription, &failure, &stop, &paused);
             async move {
-                let result = match delivery {
-                    Ok(delivery) => handle(deliverer, subscription, delivery, stop, paused).await,
+                let result = match taken {
+                    Ok(taken) => handle(deliverer, subscription, taken, stop, paused).await,
                     Err(error) => Err(error),
                 };
                 match result {
@@ -134,35 +139,37 @@ pub async fn consume(
     }
 }
 
-/// What one message came to.
-enum Handled {
-    /// Settled (or left unacknowledged for later).
-    Done,
-    /// Settled, and the sink asked to stop: consume no more.
-    Paused,
+/// A message as taken off the queue: its matching events, and for an ordered subscription its
+/// places in the lines of their keys.
+struct Taken {
+    delivery: Delivery,
+    work: Work,
 }
 
-async fn handle(
-    deliverer: &Deliverer,
+enum Work {
+    /// Not an envelope: nothing to deliver (the store path dead-letters it).
+    Undecodable(String),
+    Unordered(Vec<Pending>),
+    /// Per key, in the order the message carries them: its place and its events in order.
+    Ordered(Vec<(Place, Vec<Pending>)>),
+}
+
+fn take(
     subscription: &Subscription,
+    key_order: Option<&Arc<KeyOrder>>,
     delivery: Delivery,
-    stop: &CancellationToken,
-    paused: &std::sync::atomic::AtomicBool,
-) -> Result<Handled, lapin::Error> {
+) -> Taken {
     let envelope = match Envelope::decode(&delivery.data) {
         Ok(envelope) => envelope,
         Err(error) => {
-            // The store path dead-letters what it cannot decode; here there is nothing to deliver.
-            tracing::warn!(subscription = %subscription.id, %error, "skipping a message that is not an envelope");
-            return delivery
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map(|_| Handled::Done);
+            return Taken {
+                delivery,
+                work: Work::Undecodable(error.to_string()),
+            }
         }
     };
     let ordering = subscription.spec.ordering;
-    let matching: Vec<Pending> = envelope
+    let matching = envelope
         .parts
         .into_iter()
         .flat_map(|part| {
@@ -181,60 +188,119 @@ async fn handle(
             last_status: None,
             last_error: None,
             replay: false,
-        })
-        .collect();
-    let leftovers = if matching.is_empty() {
-        Leftovers::default()
-    } else if paused.load(std::sync::atomic::Ordering::Acquire) {
-        // The sink said 410 on another message of this consumer: attempt nothing more, keep the
-        // events for when the subscription is resumed (messages taken concurrently with that one).
-        Leftovers {
-            retries: matching
+        });
+    let work = match key_order {
+        None => Work::Unordered(matching.collect()),
+        Some(key_order) => {
+            let mut keys: Vec<String> = Vec::new();
+            let mut by_key: HashMap<String, Vec<Pending>> = HashMap::new();
+            for pending in matching {
+                let key = pending.ordering_key.clone().unwrap_or_default();
+                if !by_key.contains_key(&key) {
+                    keys.push(key.clone());
+                }
+                by_key.entry(key).or_default().push(pending);
+            }
+            let lanes = key_order
+                .enter(keys)
                 .into_iter()
-                .map(|pending| (pending, Utc::now()))
-                .collect(),
-            ..Leftovers::default()
-        }
-    } else if ordering == Ordering::None {
-        unordered(deliverer, subscription, matching).await
-    } else {
-        match ordered(deliverer, subscription, matching).await {
-            Some(leftovers) => leftovers,
-            // The database could not say which keys wait: leave the message for later.
-            None => return Ok(Handled::Done),
+                .map(|place| {
+                    let events = by_key.remove(&place.key).unwrap_or_default();
+                    (place, events)
+                })
+                .collect();
+            Work::Ordered(lanes)
         }
     };
-    if leftovers.pause.is_some() {
-        paused.store(true, std::sync::atomic::Ordering::Release);
-    }
-    if !persist(deliverer, subscription, &leftovers, stop).await {
-        // Stopping before the commit: the message stays unacknowledged and comes back.
+    Taken { delivery, work }
+}
+
+/// What one message came to.
+enum Handled {
+    /// Settled (or left unacknowledged for later).
+    Done,
+    /// Settled, and the sink asked to stop: consume no more.
+    Paused,
+}
+
+async fn handle(
+    deliverer: &Deliverer,
+    subscription: &Subscription,
+    taken: Taken,
+    stop: &CancellationToken,
+    paused: &std::sync::atomic::AtomicBool,
+) -> Result<Handled, lapin::Error> {
+    let Taken { delivery, work } = taken;
+    let settled = match work {
+        Work::Undecodable(error) => {
+            tracing::warn!(subscription = %subscription.id, %error, "skipping a message that is not an envelope");
+            Some(false)
+        }
+        Work::Unordered(matching) => {
+            unordered(deliverer, subscription, matching, stop, paused).await
+        }
+        Work::Ordered(lanes) => ordered(deliverer, subscription, lanes, stop, paused).await,
+    };
+    let Some(pause) = settled else {
+        // Stopping before everything was committed: the message stays unacknowledged and
+        // comes back.
         return Ok(Handled::Done);
-    }
+    };
     delivery.acker.ack(BasicAckOptions::default()).await?;
-    Ok(if leftovers.pause.is_some() {
+    Ok(if pause {
         Handled::Paused
     } else {
         Handled::Done
     })
 }
 
+/// Delivers a message's events concurrently and commits what is left; `Some(paused)` once
+/// committed, `None` if stopping first.
 async fn unordered(
     deliverer: &Deliverer,
     subscription: &Subscription,
     matching: Vec<Pending>,
-) -> Leftovers {
-    let attempts = matching.into_iter().map(|pending| async move {
-        let outcome = deliverer.attempt(subscription, &pending).await;
-        let pending = after_attempt(pending, &outcome);
-        let next = deliverer.next(subscription, &pending, &outcome);
-        (pending, outcome, next)
-    });
-    let mut leftovers = Leftovers::default();
-    for (pending, outcome, next) in futures_util::future::join_all(attempts).await {
-        settle(&mut leftovers, pending, &outcome, next);
+    stop: &CancellationToken,
+    paused: &std::sync::atomic::AtomicBool,
+) -> Option<bool> {
+    if matching.is_empty() {
+        return Some(false);
     }
-    leftovers
+    let leftovers = if paused.load(std::sync::atomic::Ordering::Acquire) {
+        // The sink said 410 on another message of this consumer: attempt nothing more, keep the
+        // events for when the subscription is resumed.
+        keep_all(matching)
+    } else {
+        let attempts = matching.into_iter().map(|pending| async move {
+            let outcome = deliverer.attempt(subscription, &pending).await;
+            let pending = after_attempt(pending, &outcome);
+            let next = deliverer.next(subscription, &pending, &outcome);
+            (pending, outcome, next)
+        });
+        let mut leftovers = Leftovers::default();
+        for (pending, outcome, next) in futures_util::future::join_all(attempts).await {
+            settle(&mut leftovers, pending, &outcome, next);
+        }
+        leftovers
+    };
+    let pause = leftovers.pause.is_some();
+    if pause {
+        paused.store(true, std::sync::atomic::Ordering::Release);
+    }
+    persist(deliverer, subscription, &leftovers, stop)
+        .await
+        .then_some(pause)
+}
+
+/// Every event to the retries, due now (the subscription is being paused).
+fn keep_all(events: Vec<Pending>) -> Leftovers {
+    Leftovers {
+        retries: events
+            .into_iter()
+            .map(|pending| (pending, Utc::now()))
+            .collect(),
+        ..Leftovers::default()
+    }
 }
 
 fn settle(leftovers: &mut Leftovers, pending: Pending, outcome: &Outcome, next: Next) {
@@ -251,59 +317,105 @@ fn settle(leftovers: &mut Leftovers, pending: Pending, outcome: &Outcome, next: 
     }
 }
 
-/// Delivers keys in parallel and each key's events in order. `None` when the database cannot
-/// say which keys already have events waiting.
+/// Delivers each key's events in order once the key's turn comes, keys in parallel; commits
+/// each key's retries and hands it on. `Some(paused)` once every key is committed, `None` if
+/// stopping first (the keys not handed on are given up, and those behind them too).
 async fn ordered(
     deliverer: &Deliverer,
     subscription: &Subscription,
-    matching: Vec<Pending>,
-) -> Option<Leftovers> {
-    let mut keys: Vec<String> = Vec::new();
-    let mut by_key: HashMap<String, Vec<Pending>> = HashMap::new();
-    for pending in matching {
-        let key = pending.ordering_key.clone().unwrap_or_default();
-        if !by_key.contains_key(&key) {
-            keys.push(key.clone());
-        }
-        by_key.entry(key).or_default().push(pending);
+    lanes: Vec<(Place, Vec<Pending>)>,
+    stop: &CancellationToken,
+    paused: &std::sync::atomic::AtomicBool,
+) -> Option<bool> {
+    if lanes.is_empty() {
+        return Some(false);
     }
-    let waiting: HashSet<String> = {
-        let mut conn = deliverer.pool.get().await.ok()?;
-        store::waiting_keys(&mut conn, subscription.id, &keys)
-            .await
-            .ok()?
-    };
-    let chains = keys.into_iter().filter_map(|key| {
-        let events = by_key.remove(&key)?;
-        let held = waiting.contains(&key);
-        Some(async move {
-            let mut leftovers = Leftovers::default();
-            let mut blocked = held;
-            for pending in events {
-                if blocked {
-                    // Behind an earlier event of its key: waits, due as soon as it is first.
-                    leftovers.retries.push((pending, Utc::now()));
-                    continue;
+    let unheld: Vec<String> = lanes
+        .iter()
+        .filter(|(place, _)| matches!(place.turn, Turn::Settled))
+        .map(|(place, _)| place.key.clone())
+        .collect();
+    let waiting = waiting_keys(deliverer, subscription, &unheld, stop).await?;
+    let chains = lanes.into_iter().map(|(place, events)| {
+        let waiting = &waiting;
+        async move {
+            let Place {
+                key,
+                turn,
+                handover,
+            } = place;
+            let mut blocked = turn.blocked(|| waiting.contains(&key)).await?;
+            let leftovers = if paused.load(std::sync::atomic::Ordering::Acquire) {
+                blocked = !events.is_empty();
+                keep_all(events)
+            } else {
+                let mut leftovers = Leftovers::default();
+                for pending in events {
+                    if blocked {
+                        // Behind an earlier event of its key: waits, due as soon as it is first.
+                        leftovers.retries.push((pending, Utc::now()));
+                        continue;
+                    }
+                    let outcome = deliverer.attempt(subscription, &pending).await;
+                    let pending = after_attempt(pending, &outcome);
+                    let next = deliverer.next(subscription, &pending, &outcome);
+                    blocked = matches!(next, Next::RetryAt(_) | Next::Pause);
+                    settle(&mut leftovers, pending, &outcome, next);
                 }
-                let outcome = deliverer.attempt(subscription, &pending).await;
-                let pending = after_attempt(pending, &outcome);
-                let next = deliverer.next(subscription, &pending, &outcome);
-                blocked = matches!(next, Next::RetryAt(_) | Next::Pause);
-                settle(&mut leftovers, pending, &outcome, next);
+                leftovers
+            };
+            let pause = leftovers.pause.is_some();
+            if pause {
+                paused.store(true, std::sync::atomic::Ordering::Release);
             }
-            leftovers
-        })
+            if !persist(deliverer, subscription, &leftovers, stop).await {
+                return None;
+            }
+            handover.hand_on(blocked);
+            Some(pause)
+        }
     });
-    let mut all = Leftovers::default();
-    for leftovers in futures_util::future::join_all(chains).await {
-        all.retries.extend(leftovers.retries);
-        all.dead.extend(leftovers.dead);
-        all.pause = all.pause.or(leftovers.pause);
-    }
-    Some(all)
+    let settled = futures_util::future::join_all(chains).await;
+    settled
+        .into_iter()
+        .try_fold(false, |any, pause| pause.map(|pause| any || pause))
 }
 
-/// Writes a message's retries, dead letters and pause in one transaction, retrying while the
+/// Which of `keys` have events waiting in the retries, asking again while the database fails;
+/// `None` if stopping first.
+async fn waiting_keys(
+    deliverer: &Deliverer,
+    subscription: &Subscription,
+    keys: &[String],
+    stop: &CancellationToken,
+) -> Option<HashSet<String>> {
+    if keys.is_empty() {
+        return Some(HashSet::new());
+    }
+    let mut failures = 0u32;
+    loop {
+        let found = match deliverer.pool.get().await {
+            Ok(mut conn) => store::waiting_keys(&mut conn, subscription.id, keys)
+                .await
+                .map_err(|error| error.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        match found {
+            Ok(found) => return Some(found),
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(%error, failures, subscription = %subscription.id, "cannot read which keys wait; holding the message");
+            }
+        }
+        let wait = service_runtime::backoff::backoff(failures, Duration::from_secs(5));
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Writes retries, dead letters and a pause in one transaction, retrying while the
 /// database fails; `false` if `stop` fired first.
 async fn persist(
     deliverer: &Deliverer,

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod deliverer;
 pub mod filter;
+pub mod key_order;
 pub mod live;
 pub mod problem;
 pub mod queues;

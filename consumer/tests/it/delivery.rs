@@ -474,6 +474,71 @@ async fn an_ordered_subscription_holds_back_only_the_failing_key() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_ordered_subscription_delivers_keys_of_different_messages_in_parallel() {
+    let app = app_with_worker().await;
+    let sink = TestSink::start().await;
+    // Slow enough that a worker taking one message at a time could never overlap two requests.
+    sink.respond(|_, _| Answer {
+        delay: Duration::from_millis(150),
+        ..Answer::status(204)
+    });
+    app.subscribe(json!({"sink": sink.url("/ordered"), "ordering": "subject"}))
+        .await;
+    // One request each, the next sent after the 202: each event is its own broker message.
+    let keys = ["a", "b", "c", "d"];
+    for n in 0..4 {
+        for key in keys {
+            let mut value = event("com.example.ordered");
+            value["id"] = json!(format!("{key}-{n}"));
+            value["subject"] = json!(key);
+            assert_eq!(app.post_event(&value).await.status(), 202);
+        }
+    }
+    let delivered = sink.wait_delivered("/ordered", 16, WAIT).await;
+    for key in keys {
+        let of_key: Vec<&crate::sink::Received> = delivered
+            .iter()
+            .filter(|r| r.header("ce-subject") == Some(key))
+            .collect();
+        let order: Vec<String> = of_key.iter().map(|r| r.event_id()).collect();
+        let want: Vec<String> = (0..4).map(|n| format!("{key}-{n}")).collect();
+        assert_eq!(order, want, "key {key} out of order");
+        for pair in of_key.windows(2) {
+            assert!(
+                pair[1].started >= pair[0].at,
+                "key {key}: {} sent before {} was answered",
+                pair[1].event_id(),
+                pair[0].event_id()
+            );
+        }
+    }
+    let overlapping = delivered.iter().any(|one| {
+        delivered.iter().any(|other| {
+            one.header("ce-subject") != other.header("ce-subject")
+                && one.started < other.at
+                && other.started < one.at
+        })
+    });
+    let first = delivered.iter().map(|r| r.started).min().unwrap();
+    let timeline: Vec<String> = delivered
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}-{} ms",
+                r.event_id(),
+                (r.started - first).as_millis(),
+                (r.at - first).as_millis()
+            )
+        })
+        .collect();
+    assert!(
+        overlapping,
+        "no two keys were ever delivered at the same time: {timeline:?}"
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_slow_sink_does_not_hold_back_another_subscription() {
     let app = app_with_worker().await;
     let slow = TestSink::start().await;

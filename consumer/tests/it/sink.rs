@@ -23,6 +23,9 @@ pub struct Received {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When the request arrived.
+    pub started: Instant,
+    /// When the sink answered.
     pub at: Instant,
     pub status: u16,
 }
@@ -175,6 +178,7 @@ impl TestSink {
 }
 
 async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
     let path = request.uri().path().to_owned();
     let headers = request.headers().clone();
     let body = request
@@ -187,6 +191,7 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         path,
         headers,
         body,
+        started,
         at: Instant::now(),
         status: 0,
     };
@@ -202,6 +207,7 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     let decided = script(&received, earlier);
     if !decided.delay.is_zero() {
         tokio::time::sleep(decided.delay).await;
+        received.at = Instant::now();
     }
     received.status = decided.status;
     state.received.lock().unwrap().push(received);
