@@ -15,6 +15,7 @@ pub mod problem;
 pub mod queues;
 pub mod replay;
 pub mod retries;
+pub mod routing;
 pub mod schedule;
 pub mod secret_box;
 pub mod signature;

@@ -1,12 +1,14 @@
-//! Each subscription's own queue: a quorum queue bound to the events exchange for every routing
-//! key, so a slow or paused sink lets only its own queue grow, never the store queue or another
-//! subscription's. The API declares it before the subscription is committed (events accepted from
+//! Each subscription's own queue: a quorum queue bound to the events exchange with the routing
+//! keys (event types) its filters can match ([`super::routing`]), so a slow or paused sink lets
+//! only its own queue grow, never the store queue or another subscription's. The API declares it before the subscription is committed (events accepted from
 //! then on wait for it), again on every `PUT` (idempotent: the repair for a lost queue), and
 //! deletes it before the subscription's row; workers only consume it, never create it.
 //!
 //! An ordered subscription's queue has a single active consumer (`x-single-active-consumer`):
 //! one worker delivers it at a time, parallel across keys, and another takes over if it dies.
 //! Queue arguments cannot change once a queue exists, which is why `ordering` is fixed at creation.
+
+use std::collections::BTreeSet;
 
 use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -21,12 +23,16 @@ pub fn queue_name(topology: &Topology, id: Uuid) -> String {
     format!("{}.subscription.{}", topology.prefix(), id.simple())
 }
 
-/// Declares the subscription's queue and binds it to the events exchange (idempotent).
+/// Declares the subscription's queue, binds it to the events exchange with `keys`, then removes
+/// the bindings in `unbind` that `keys` does not hold (idempotent). Binding before unbinding
+/// leaves no moment in which an event the new filters match is routed nowhere.
 pub async fn declare(
     channel: &Channel,
     topology: &Topology,
     id: Uuid,
     ordered: bool,
+    keys: &BTreeSet<String>,
+    unbind: &BTreeSet<String>,
 ) -> Result<(), lapin::Error> {
     let queue = queue_name(topology, id);
     let mut arguments = FieldTable::default();
@@ -47,15 +53,30 @@ pub async fn declare(
             arguments,
         )
         .await?;
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            topology.exchange().as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
+    let exchange = topology.exchange();
+    for key in keys {
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    for key in unbind.difference(keys) {
+        // Removing a binding that does not exist is not an error in AMQP 0-9-1 (RabbitMQ).
+        channel
+            .queue_unbind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                key.as_str().into(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// Whether subscription `id`'s queue exists (a passive declare). A missing queue closes the
@@ -117,8 +138,15 @@ impl SubscriptionQueues {
         Ok(channel)
     }
 
-    /// Declares subscription `id`'s queue (and the events exchange it binds to).
-    pub async fn declare(&self, id: Uuid, ordered: bool) -> Result<(), SetupError> {
+    /// Declares subscription `id`'s queue (and the events exchange it binds to), bound with
+    /// `keys` and no longer with the rest of `unbind`.
+    pub async fn declare(
+        &self,
+        id: Uuid,
+        ordered: bool,
+        keys: &BTreeSet<String>,
+        unbind: &BTreeSet<String>,
+    ) -> Result<(), SetupError> {
         let channel = self.channel().await?;
         {
             let connection = self.connection.lock().await;
@@ -126,7 +154,7 @@ impl SubscriptionQueues {
                 with_setup_timeout(self.topology.declare_exchange(connection)).await?;
             }
         }
-        with_setup_timeout(declare(&channel, &self.topology, id, ordered)).await?;
+        with_setup_timeout(declare(&channel, &self.topology, id, ordered, keys, unbind)).await?;
         let _ = channel.close(200, "declared".into()).await;
         Ok(())
     }

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::{event, spawn_app, spawn_app_with};
 use crate::openapi::assert_matches;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -156,5 +156,58 @@ async fn ordering_cannot_change_after_creation() {
         .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "ordering_fixed");
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_s_queue_gets_only_the_types_its_filters_name_and_follows_a_put() {
+    // No delivery worker: what the queue holds is what the bindings routed to it.
+    let app = spawn_app().await;
+    let body =
+        |filters: serde_json::Value| json!({"sink": "http://127.0.0.1:9/hook", "filters": filters});
+    let (status, created) = app
+        .api(
+            "POST",
+            "/v1/subscriptions",
+            Some(body(json!([{"exact": {"type": "com.example.a"}}]))),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let queue = format!(
+        "{}.subscription.{}",
+        app.topology().prefix(),
+        id.replace('-', "")
+    );
+    let post_both = || async {
+        for kind in ["com.example.a", "com.example.b"] {
+            assert_eq!(app.post_event(&event(kind)).await.status(), 202);
+        }
+    };
+    post_both().await;
+    app.wait_for_depth(&queue, 1).await;
+
+    let path = format!("/v1/subscriptions/{id}");
+    let (status, _) = app
+        .api(
+            "PUT",
+            &path,
+            Some(body(json!([{"exact": {"type": "com.example.b"}}]))),
+        )
+        .await;
+    assert_eq!(status, 200);
+    post_both().await;
+    app.wait_for_depth(&queue, 2).await;
+
+    let (status, _) = app
+        .api(
+            "PUT",
+            &path,
+            Some(body(json!([{"suffix": {"subject": "x"}}]))),
+        )
+        .await;
+    assert_eq!(status, 200);
+    post_both().await;
+    app.wait_for_depth(&queue, 4).await;
     app.cleanup().await;
 }

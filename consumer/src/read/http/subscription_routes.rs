@@ -3,6 +3,8 @@
 //! or admin key, changing an admin key. Every query goes to the primary: a subscription just
 //! created must be found by the next request.
 
+use std::collections::BTreeSet;
+
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
@@ -17,6 +19,7 @@ use uuid::Uuid;
 
 use super::{admit, read_json, timed, write_connection, AppState};
 use crate::deliver::problem::FieldProblem;
+use crate::deliver::routing::{binding_keys, EVERY_KEY};
 use crate::deliver::signature::SigningSecret;
 use crate::deliver::subscription::SubscriptionSpec;
 use crate::deliver::{replay, sink_address, store};
@@ -229,7 +232,7 @@ async fn create(state: &AppState, mut body: Value) -> Result<Response<Full<Bytes
     // The queue first: events accepted from now on wait in it for the first worker.
     state
         .subscription_queues
-        .declare(id, ordered)
+        .declare(id, ordered, &binding_keys(&spec), &BTreeSet::new())
         .await
         .map_err(|error| ReadError::BrokerUnavailable(error.to_string()))?;
     let mut conn = write_connection(state).await?;
@@ -287,17 +290,7 @@ async fn replace(
     let spec = spec(state, body).await?;
     let mut conn = write_connection(state).await?;
     let existing = exists(state, &mut conn, id).await?;
-    if existing.spec.ordering == spec.ordering {
-        // Idempotent; declares the queue again if it was lost.
-        state
-            .subscription_queues
-            .declare(
-                id,
-                spec.ordering != crate::deliver::subscription::Ordering::None,
-            )
-            .await
-            .map_err(|error| ReadError::BrokerUnavailable(error.to_string()))?;
-    } else {
+    if existing.spec.ordering != spec.ordering {
         return Err(ReadError::Conflict {
             code: "ordering_fixed",
             message: format!(
@@ -306,9 +299,29 @@ async fn replace(
             ),
         });
     }
+    // Idempotent; declares the queue again if it was lost. The new bindings go on before the
+    // row changes, the old ones (and `#`, which queues created before bindings followed the
+    // filters had) come off after it changed.
+    let ordered = spec.ordering != crate::deliver::subscription::Ordering::None;
+    let keys = binding_keys(&spec);
+    state
+        .subscription_queues
+        .declare(id, ordered, &keys, &BTreeSet::new())
+        .await
+        .map_err(|error| ReadError::BrokerUnavailable(error.to_string()))?;
     let updated = timed(state, store::replace(&mut conn, &state.secrets, id, &spec))
         .await?
         .ok_or(ReadError::SubscriptionNotFound)?;
+    let mut stale = binding_keys(&existing.spec);
+    stale.insert(EVERY_KEY.to_owned());
+    if let Err(error) = state
+        .subscription_queues
+        .declare(id, ordered, &keys, &stale)
+        .await
+    {
+        // The filters still decide what is delivered; a stale binding only routes more.
+        tracing::warn!(%error, subscription = %id, "cannot remove the old bindings of a replaced subscription");
+    }
     tracing::info!(subscription = %id, status = updated.spec.status.as_str(), "subscription replaced");
     Ok(http_json::json(StatusCode::OK, &updated.view()))
 }
