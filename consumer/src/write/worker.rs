@@ -6,6 +6,8 @@
 //! checks and the same batch still fails is it split, and a message that fails alone on a healthy
 //! database is dead-lettered.
 
+use std::time::Duration;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -31,6 +33,10 @@ const ATTEMPTS_BEFORE_ISOLATING: u32 = 3;
 
 /// Most request ids listed on one batch log line.
 const LOGGED_REQUEST_IDS: usize = 20;
+/// How often the consuming connection's state is checked.
+const CONNECTION_CHECK: Duration = Duration::from_secs(1);
+/// How long closing a session's connections may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a consuming session ended, other than shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +49,8 @@ enum SessionError {
     SubscriptionEnded,
     #[error("the database went away while a batch was being split")]
     DatabaseLost,
+    #[error("the broker connection was lost")]
+    ConnectionLost,
     #[error("dead-lettering refused events failed: {0}")]
     DeadLetter(#[from] DeadLetterError),
 }
@@ -89,8 +97,13 @@ async fn session(
         .await?;
     let dead_letters = DeadLetters::open(&config.amqp_url, &config.topology).await?;
     let result = consume(config, pool, status, cancel, &connection, &dead_letters).await;
-    dead_letters.close().await;
-    let _ = connection.close(200, "consumer session ended".into()).await;
+    // Closing a connection that broke returns at once; one that hangs must not hold the
+    // reconnect back.
+    let closing = async {
+        dead_letters.close().await;
+        let _ = connection.close(200, "consumer session ended".into()).await;
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
     result
 }
 
@@ -149,6 +162,11 @@ async fn consume(
     status.consuming.store(true, Ordering::Release);
 
     let mut batch = Batch::new(config.batch);
+    // The consumer stream is not always ended when the connection breaks (seen after a broker
+    // container restart: lapin logged the reset, the stream stayed pending, and the consumer
+    // never reconnected), so the connection's state is checked on its own too.
+    let mut connection_check = tokio::time::interval(CONNECTION_CHECK);
+    connection_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let deadline = batch.deadline();
         tokio::select! {
@@ -165,6 +183,11 @@ async fn consume(
             }
             () = sleep_until(deadline) => {
                 flush(config, pool, dead_letters, &mut batch, cancel).await?;
+            }
+            _ = connection_check.tick() => {
+                if !connection.status().connected() {
+                    return Err(SessionError::ConnectionLost);
+                }
             }
             delivery = deliveries.next() => {
                 let delivery = match delivery {
