@@ -40,6 +40,7 @@ struct Series {
     failed: metrics::Counter,
     gone: metrics::Counter,
     deferred: metrics::Counter,
+    dead_letters: metrics::Counter,
     latency: metrics::Histogram,
 }
 
@@ -52,6 +53,8 @@ impl Series {
             failed: attempts("failed"),
             gone: attempts("gone"),
             deferred: attempts("deferred"),
+            // Registered at 0, so a dashboard shows a subscription's dead-letter rate before the first.
+            dead_letters: metrics::counter!("warren_delivery_dead_letters_total", "subscription" => label.clone()),
             latency: metrics::histogram!("warren_delivery_latency_seconds", "subscription" => label.clone()),
         }
     }
@@ -134,6 +137,11 @@ impl Deliverer {
         }
         self.record(subscription, pending, &outcome).await;
         outcome
+    }
+
+    /// Counts events of subscription `id` moved to dead letters (after the commit).
+    pub fn dead_lettered(&self, id: Uuid, events: usize) {
+        self.series(id).dead_letters.increment(events as u64);
     }
 
     fn series(&self, id: Uuid) -> Arc<Series> {

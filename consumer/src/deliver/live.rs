@@ -436,10 +436,7 @@ async fn persist(
         };
         match written {
             Ok(()) => {
-                for pending in &leftovers.dead {
-                    metrics::counter!("warren_delivery_dead_letters_total", "subscription" => pending.subscription_id.to_string())
-                        .increment(1);
-                }
+                deliverer.dead_lettered(subscription.id, leftovers.dead.len());
                 if let Some(reason) = &leftovers.pause {
                     tracing::warn!(subscription = %subscription.id, reason, "subscription paused");
                 }

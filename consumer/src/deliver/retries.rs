@@ -118,8 +118,7 @@ async fn deliver_claimed(deliverer: &Deliverer, snapshot: &Snapshot, claim: Clai
     match result {
         Ok(()) => {
             if next == Next::DeadLetter {
-                metrics::counter!("warren_delivery_dead_letters_total", "subscription" => subscription.id.to_string())
-                    .increment(1);
+                deliverer.dead_lettered(subscription.id, 1);
             }
             matches!(next, Next::Done | Next::DeadLetter)
         }
