@@ -1,8 +1,10 @@
 //! Each subscription's own queue: a quorum queue bound to the events exchange with the routing
 //! keys (event types) its filters can match ([`super::routing`]), so a slow or paused sink lets
-//! only its own queue grow, never the store queue or another subscription's. The API declares it before the subscription is committed (events accepted from
-//! then on wait for it), again on every `PUT` (idempotent: the repair for a lost queue), and
-//! deletes it before the subscription's row; workers only consume it, never create it.
+//! only its own queue grow, never the store queue or another subscription's. The API declares it
+//! before the subscription is committed (events accepted from then on wait for it), again on
+//! every `PUT` (idempotent: the repair for a lost queue; the new bindings go on before the commit,
+//! the old ones come off after it), and deletes it before the subscription's row; workers only
+//! consume it, never create it.
 //!
 //! An ordered subscription's queue has a single active consumer (`x-single-active-consumer`):
 //! one worker delivers it at a time, parallel across keys, and another takes over if it dies.
@@ -23,16 +25,14 @@ pub fn queue_name(topology: &Topology, id: Uuid) -> String {
     format!("{}.subscription.{}", topology.prefix(), id.simple())
 }
 
-/// Declares the subscription's queue, binds it to the events exchange with `keys`, then removes
-/// the bindings in `unbind` that `keys` does not hold (idempotent). Binding before unbinding
-/// leaves no moment in which an event the new filters match is routed nowhere.
+/// Declares the subscription's queue and binds it to the events exchange with `keys`
+/// (idempotent).
 pub async fn declare(
     channel: &Channel,
     topology: &Topology,
     id: Uuid,
     ordered: bool,
     keys: &BTreeSet<String>,
-    unbind: &BTreeSet<String>,
 ) -> Result<(), lapin::Error> {
     let queue = queue_name(topology, id);
     let mut arguments = FieldTable::default();
@@ -65,8 +65,19 @@ pub async fn declare(
             )
             .await?;
     }
-    for key in unbind.difference(keys) {
-        // Removing a binding that does not exist is not an error in AMQP 0-9-1 (RabbitMQ).
+    Ok(())
+}
+
+/// Removes the subscription's bindings with `keys`. Removing a binding that does not exist is
+/// not an error in AMQP 0-9-1 (RabbitMQ).
+pub async fn unbind(
+    channel: &Channel,
+    topology: &Topology,
+    id: Uuid,
+    keys: impl IntoIterator<Item = &String>,
+) -> Result<(), lapin::Error> {
+    let (queue, exchange) = (queue_name(topology, id), topology.exchange());
+    for key in keys {
         channel
             .queue_unbind(
                 queue.as_str().into(),
@@ -139,13 +150,12 @@ impl SubscriptionQueues {
     }
 
     /// Declares subscription `id`'s queue (and the events exchange it binds to), bound with
-    /// `keys` and no longer with the rest of `unbind`.
+    /// `keys`.
     pub async fn declare(
         &self,
         id: Uuid,
         ordered: bool,
         keys: &BTreeSet<String>,
-        unbind: &BTreeSet<String>,
     ) -> Result<(), SetupError> {
         let channel = self.channel().await?;
         {
@@ -154,8 +164,16 @@ impl SubscriptionQueues {
                 with_setup_timeout(self.topology.declare_exchange(connection)).await?;
             }
         }
-        with_setup_timeout(declare(&channel, &self.topology, id, ordered, keys, unbind)).await?;
+        with_setup_timeout(declare(&channel, &self.topology, id, ordered, keys)).await?;
         let _ = channel.close(200, "declared".into()).await;
+        Ok(())
+    }
+
+    /// Removes subscription `id`'s bindings with `keys` (those a replaced filter no longer needs).
+    pub async fn unbind(&self, id: Uuid, keys: &BTreeSet<String>) -> Result<(), SetupError> {
+        let channel = self.channel().await?;
+        with_setup_timeout(unbind(&channel, &self.topology, id, keys)).await?;
+        let _ = channel.close(200, "unbound".into()).await;
         Ok(())
     }
 

@@ -232,7 +232,7 @@ async fn create(state: &AppState, mut body: Value) -> Result<Response<Full<Bytes
     // The queue first: events accepted from now on wait in it for the first worker.
     state
         .subscription_queues
-        .declare(id, ordered, &binding_keys(&spec), &BTreeSet::new())
+        .declare(id, ordered, &binding_keys(&spec))
         .await
         .map_err(|error| ReadError::BrokerUnavailable(error.to_string()))?;
     let mut conn = write_connection(state).await?;
@@ -306,7 +306,7 @@ async fn replace(
     let keys = binding_keys(&spec);
     state
         .subscription_queues
-        .declare(id, ordered, &keys, &BTreeSet::new())
+        .declare(id, ordered, &keys)
         .await
         .map_err(|error| ReadError::BrokerUnavailable(error.to_string()))?;
     let updated = timed(state, store::replace(&mut conn, &state.secrets, id, &spec))
@@ -314,11 +314,8 @@ async fn replace(
         .ok_or(ReadError::SubscriptionNotFound)?;
     let mut stale = binding_keys(&existing.spec);
     stale.insert(EVERY_KEY.to_owned());
-    if let Err(error) = state
-        .subscription_queues
-        .declare(id, ordered, &keys, &stale)
-        .await
-    {
+    let stale: BTreeSet<String> = stale.difference(&keys).cloned().collect();
+    if let Err(error) = state.subscription_queues.unbind(id, &stale).await {
         // The filters still decide what is delivered; a stale binding only routes more.
         tracing::warn!(%error, subscription = %id, "cannot remove the old bindings of a replaced subscription");
     }
