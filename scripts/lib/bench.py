@@ -220,7 +220,7 @@ def psql_value(db_url, sql):
 
 def last_stored_at(db_url, source):
     """When the last event of `source` was written (Unix seconds, PostgreSQL's clock), or None."""
-    value = psql_value(db_url, f"SELECT extract(epoch FROM max(stored_at)) FROM events WHERE source = '{source}'")
+    value = psql_value(db_url, f"SELECT extract(epoch FROM max(stored_at)) FROM events WHERE source_id = (SELECT id FROM event_sources WHERE source = '{source}')")
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -259,7 +259,7 @@ def run_wrk(name, env, target, duration, stack_dir, out_dir, env_extra, db_url):
     env = {**os.environ, **env_extra, "RUN_TAG": tag, "WRK_BATCH": env["BATCH"], "WRK_THREADS": str(WRK_THREADS),
            "WRK_RATE": env.get("RATE", "0"), "WRK_SHAPE": env.get("SHAPE", "")}
     source = f"/wrk/{tag}"
-    count_sql = f"SELECT count(*) FROM events WHERE source = '{source}'"
+    count_sql = f"SELECT count(*) FROM events WHERE source_id = (SELECT id FROM event_sources WHERE source = '{source}')"
     sampler = Sampler(stack_dir)
     sampler.start()
     started = time.time()

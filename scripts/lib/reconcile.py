@@ -17,7 +17,7 @@ def psql(db, sql, source):
 def stored_counts(db, source):
     """id -> number of rows stored with that id under `source`."""
     counts = {}
-    for line in psql(db, "SELECT id, count(*) FROM events WHERE source = :'source' GROUP BY id", source):
+    for line in psql(db, "SELECT id, count(*) FROM events WHERE source_id = (SELECT id FROM event_sources WHERE source = :'source') GROUP BY id", source):
         event_id, count = line.rsplit(",", 1)
         counts[event_id] = int(count)
     return counts
@@ -25,7 +25,7 @@ def stored_counts(db, source):
 
 def stored_totals(db, source):
     """(rows, distinct ids) stored under `source`: for runs that know only how many were accepted."""
-    line = psql(db, "SELECT count(*), count(DISTINCT id) FROM events WHERE source = :'source'", source)
+    line = psql(db, "SELECT count(*), count(DISTINCT id) FROM events WHERE source_id = (SELECT id FROM event_sources WHERE source = :'source')", source)
     rows, distinct = line[0].split(",") if line else ("0", "0")
     return int(rows), int(distinct)
 
@@ -35,7 +35,7 @@ def lag_ms(db, source):
     line = psql(db, """SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP
                          (ORDER BY extract(epoch FROM stored_at - received_at) * 1000),
                        max(extract(epoch FROM stored_at - received_at) * 1000)
-                       FROM events WHERE source = :'source'""", source)
+                       FROM events WHERE source_id = (SELECT id FROM event_sources WHERE source = :'source')""", source)
     values = []
     if line and line[0] and "}" in line[0]:
         percentiles, _, longest = line[0].partition("}")

@@ -18,19 +18,19 @@ BEGIN
                    'events_w' || to_char(monday, 'YYYYMMDD'), monday, monday + 7);
   END LOOP;
 END $$;
-INSERT INTO events_weekly (seq, specversion, id, source, type, subject, time, datacontenttype, dataschema, data, data_base64, extensions, request_id, received_at, stored_at, received_on)
+INSERT INTO events_weekly (seq, specversion, id, source, type, subject, time, datacontenttype, dataschema, data, data_base64, extensions, request_id, received_at, stored_at, received_on, source_id, type_id)
 OVERRIDING SYSTEM VALUE
-SELECT seq, specversion, id, source, type, subject, time, datacontenttype, dataschema, data, data_base64, extensions, request_id, received_at, stored_at, received_on FROM events;
+SELECT seq, specversion, id, source, type, subject, time, datacontenttype, dataschema, data, data_base64, extensions, request_id, received_at, stored_at, received_on, source_id, type_id FROM events;
 ALTER TABLE events_weekly ADD PRIMARY KEY (seq, received_on);
-ALTER TABLE events_weekly ADD UNIQUE (source, id, received_on);
+ALTER TABLE events_weekly ADD UNIQUE (source_id, id, received_on);
 CREATE INDEX ON events_weekly (event_time DESC, seq DESC);
-CREATE INDEX ON events_weekly (type, event_time DESC, seq DESC);
+CREATE INDEX ON events_weekly (type_id, event_time DESC, seq DESC);
 CREATE INDEX ON events_weekly (subject, event_time DESC, seq DESC) WHERE subject IS NOT NULL;
-CREATE INDEX ON events_weekly (source, type, event_time DESC, seq DESC);
-ALTER TABLE events_weekly ALTER COLUMN type SET (n_distinct = 100000);
+CREATE INDEX ON events_weekly (source_id, type_id, event_time DESC, seq DESC);
+ALTER TABLE events_weekly ALTER COLUMN type_id SET (n_distinct = 100000);
 DO $$ DECLARE p regclass; BEGIN
   FOR p IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'events_weekly'::regclass LOOP
-    EXECUTE format('ALTER TABLE %s ALTER COLUMN type SET (n_distinct = 100000)', p);
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN type_id SET (n_distinct = 100000)', p);
   END LOOP; END $$;
 ALTER TABLE events RENAME TO events_daily;
 ALTER TABLE events_weekly RENAME TO events;

@@ -1,9 +1,10 @@
 //! The `events` table as diesel sees it (see `migrations/`).
 
 diesel::table! {
-    /// One row per CloudEvent; UNIQUE (source, id, received_on), partitioned by `received_on`
-    /// (the UTC day of `received_at`). Reads never need that column and writes are plain SQL
-    /// (`write/store.rs`), so it is left out here.
+    /// One row per CloudEvent; UNIQUE (source_id, id, received_on), partitioned by `received_on`
+    /// (the UTC day of `received_at`). Reads never need that column, nor the integer ids of
+    /// `source` and `type` (the indexes use them; filters name them in SQL), and writes are plain
+    /// SQL (`write/store.rs`), so they are left out here.
     events (seq) {
         /// Insertion order; the stable tie-breaker for pagination.
         seq -> Int8,

@@ -22,13 +22,14 @@ use chrono::{DateTime, NaiveDate, Utc};
 use diesel::pg::Pg;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::sql_types::{Array, Date, Jsonb, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Array, Date, Integer, Jsonb, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::Value;
 use shared_types::{EventData, RequestPart};
 
 use crate::db::partitions;
 use crate::db::PgPool;
+use crate::write::key_ids::{KeyIds, Resolved};
 
 /// The columns a batch writes, in one list from which the struct of column arrays, the
 /// statement's column list, its `UNNEST` parameters and the binds are all generated, so they
@@ -67,6 +68,8 @@ written_columns! {
     extensions: Value => "extensions" as "jsonb" Jsonb,
     request_id: Option<String> => "request_id" as "text" Nullable<Text>,
     received_at: DateTime<Utc> => "received_at" as "timestamptz" Timestamptz,
+    source_id: i32 => "source_id" as "int4" Integer,
+    type_id: i32 => "type_id" as "int4" Integer,
 }
 
 /// How long after a client's first attempt its retry is still deduplicated when the two fall on
@@ -142,20 +145,33 @@ fn insert_statement(columns: &[(&str, &str)], neighbours: Neighbours) -> String 
         None => String::new(),
         Some(days) => format!(
             "WHERE NOT EXISTS (SELECT 1 FROM events stored \
-                               WHERE stored.source = n.source AND stored.id = n.id \
+                               WHERE stored.source_id = n.source_id AND stored.id = n.id \
                                  AND stored.received_on {days}) "
         ),
     };
     format!(
         "INSERT INTO events ({names}, received_on) \
          SELECT n.*, {day} FROM UNNEST({arrays}) AS n({names}) \
-         {probe}ON CONFLICT (source, id, received_on) DO NOTHING"
+         {probe}ON CONFLICT (source_id, id, received_on) DO NOTHING"
     )
 }
 
 impl Columns {
-    fn push_part(&mut self, part: &RequestPart) {
+    fn push_part(&mut self, part: &RequestPart, ids: &Resolved) -> diesel::QueryResult<()> {
         for event in &part.events {
+            let unresolved = |what: &str, name: &str| {
+                DieselError::QueryBuilderError(
+                    format!("no id was resolved for {what} {name}").into(),
+                )
+            };
+            self.source_id.push(
+                ids.source(&event.source)
+                    .ok_or_else(|| unresolved("source", &event.source))?,
+            );
+            self.type_id.push(
+                ids.event_type(&event.event_type)
+                    .ok_or_else(|| unresolved("type", &event.event_type))?,
+            );
             self.id.push(event.id.clone());
             self.source.push(event.source.clone());
             self.event_type.push(event.event_type.clone());
@@ -180,6 +196,7 @@ impl Columns {
             self.request_id.push(Some(part.request_id.clone()));
             self.received_at.push(part.received_at);
         }
+        Ok(())
     }
 }
 
@@ -196,11 +213,29 @@ pub fn days_of(parts: &[&RequestPart]) -> Vec<NaiveDate> {
     days
 }
 
-/// Inserts every event of `parts`; returns how many rows were new (the rest were
-/// duplicates of stored events and were skipped).
+/// The ids of every source and type `parts` carry (see [`KeyIds::resolve`]: outside the
+/// batch's transaction).
+pub async fn resolve_ids(
+    connection: &mut AsyncPgConnection,
+    key_ids: &KeyIds,
+    parts: &[&RequestPart],
+) -> diesel::QueryResult<Resolved> {
+    let events = || parts.iter().flat_map(|part| part.events.iter());
+    key_ids
+        .resolve(
+            connection,
+            events().map(|event| event.source.as_str()),
+            events().map(|event| event.event_type.as_str()),
+        )
+        .await
+}
+
+/// Inserts every event of `parts`, with the source and type ids in `ids`; returns how many rows
+/// were new (the rest were duplicates of stored events and were skipped).
 pub async fn insert_events(
     connection: &mut AsyncPgConnection,
     parts: &[&RequestPart],
+    ids: &Resolved,
     window: RetryWindow,
 ) -> diesel::QueryResult<usize> {
     let mut groups: BTreeMap<(NaiveDate, Neighbours), Columns> = BTreeMap::new();
@@ -209,7 +244,7 @@ pub async fn insert_events(
             received_on(part.received_at),
             Neighbours::of(part.received_at, window),
         );
-        groups.entry(key).or_default().push_part(part);
+        groups.entry(key).or_default().push_part(part, ids)?;
     }
     let mut inserted = 0;
     for ((day, neighbours), columns) in groups {
@@ -236,20 +271,41 @@ pub enum WriteError {
     Query(#[from] diesel::result::Error),
 }
 
+/// Where a worker stores events: its database's pool and the ids it has learned from that
+/// database.
+pub struct Storage {
+    /// The write pool.
+    pub pool: PgPool,
+    /// Ids of the sources and types seen so far.
+    pub key_ids: KeyIds,
+}
+
+impl Storage {
+    /// A store on `pool` that has learned no ids yet.
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            key_ids: KeyIds::default(),
+        }
+    }
+}
+
 /// One transaction for all `parts`; returns the number of new rows. When a day has no
 /// partition yet (Postgres answers with a check violation: no partition for the row), it is
 /// created and the transaction runs once more.
 pub async fn write(
-    pool: &PgPool,
+    storage: &Storage,
     parts: &[&RequestPart],
     window: RetryWindow,
 ) -> Result<usize, WriteError> {
-    let mut connection = pool
+    let mut connection = storage
+        .pool
         .get()
         .await
         .map_err(|error| WriteError::Pool(error.to_string()))?;
+    let ids = resolve_ids(&mut connection, &storage.key_ids, parts).await?;
     let attempt = connection
-        .transaction(async |connection| insert_events(connection, parts, window).await)
+        .transaction(async |connection| insert_events(connection, parts, &ids, window).await)
         .await;
     let inserted = match attempt {
         Err(DieselError::DatabaseError(DatabaseErrorKind::CheckViolation, _)) => {
@@ -257,7 +313,9 @@ pub async fn write(
                 partitions::ensure(&mut connection, day).await?;
             }
             connection
-                .transaction(async |connection| insert_events(connection, parts, window).await)
+                .transaction(async |connection| {
+                    insert_events(connection, parts, &ids, window).await
+                })
                 .await?
         }
         other => other?,
@@ -274,6 +332,9 @@ mod tests {
 
     /// Columns the database fills in itself (`DEFAULT`s and generated columns): never written.
     const FILLED_BY_THE_DATABASE: [&str; 4] = ["seq", "specversion", "stored_at", "event_time"];
+
+    /// Columns written but never read back through diesel (`db/tables.rs` leaves them out).
+    const ONLY_WRITTEN: [&str; 2] = ["source_id", "type_id"];
 
     /// The columns diesel's `events` table lists, read from the SQL diesel writes for it.
     fn table_columns() -> Vec<String> {
@@ -301,6 +362,7 @@ mod tests {
         let expected: Vec<String> = table_columns()
             .into_iter()
             .filter(|column| !FILLED_BY_THE_DATABASE.contains(&column.as_str()))
+            .chain(ONLY_WRITTEN.map(str::to_owned))
             .collect();
         let written: Vec<String> = WRITTEN_COLUMNS
             .iter()
@@ -314,7 +376,7 @@ mod tests {
         for statement in INSERT.iter() {
             let last = WRITTEN_COLUMNS.len();
             assert!(
-                statement.contains(&format!("${last}::timestamptz[])")),
+                statement.contains(&format!("${last}::{}[])", WRITTEN_COLUMNS[last - 1].1)),
                 "{statement}"
             );
             assert!(

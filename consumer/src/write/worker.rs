@@ -26,7 +26,7 @@ use crate::db::{self, PgPool};
 use crate::status::WorkerStatus;
 use crate::write::batch::{Batch, Pending};
 use crate::write::dead_letter::{DeadLetterError, DeadLetters};
-use crate::write::store;
+use crate::write::store::{self, Storage};
 
 /// Failed attempts of one batch, on a database that answers health checks, before it is split.
 const ATTEMPTS_BEFORE_ISOLATING: u32 = 3;
@@ -62,9 +62,10 @@ pub async fn run(
     status: Arc<WorkerStatus>,
     cancel: CancellationToken,
 ) {
+    let storage = Storage::new(pool);
     let mut failures = 0;
     while !cancel.is_cancelled() {
-        let result = session(&config, &pool, &status, &cancel).await;
+        let result = session(&config, &storage, &status, &cancel).await;
         status.consuming.store(false, Ordering::Release);
         match result {
             Ok(()) => break,
@@ -83,7 +84,7 @@ pub async fn run(
 
 async fn session(
     config: &ConsumerConfig,
-    pool: &PgPool,
+    storage: &Storage,
     status: &WorkerStatus,
     cancel: &CancellationToken,
 ) -> Result<(), SessionError> {
@@ -96,7 +97,7 @@ async fn session(
         .declare(&connection, config.queue_limits)
         .await?;
     let dead_letters = DeadLetters::open(&config.amqp_url, &config.topology).await?;
-    let result = consume(config, pool, status, cancel, &connection, &dead_letters).await;
+    let result = consume(config, storage, status, cancel, &connection, &dead_letters).await;
     // Closing a connection that broke returns at once; one that hangs must not hold the
     // reconnect back.
     let closing = async {
@@ -110,7 +111,7 @@ async fn session(
 /// Takes deliveries into batches and writes them until `cancel` fires or the broker fails.
 async fn consume(
     config: &ConsumerConfig,
-    pool: &PgPool,
+    storage: &Storage,
     status: &WorkerStatus,
     cancel: &CancellationToken,
     connection: &Connection,
@@ -178,11 +179,11 @@ async fn consume(
                         .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                         .await;
                 }
-                flush(config, pool, dead_letters, &mut batch, cancel).await?;
+                flush(config, storage, dead_letters, &mut batch, cancel).await?;
                 return Ok(());
             }
             () = sleep_until(deadline) => {
-                flush(config, pool, dead_letters, &mut batch, cancel).await?;
+                flush(config, storage, dead_letters, &mut batch, cancel).await?;
             }
             _ = connection_check.tick() => {
                 if !connection.status().connected() {
@@ -206,7 +207,7 @@ async fn consume(
                             properties: delivery.properties,
                         });
                         if batch.is_full() {
-                            flush(config, pool, dead_letters, &mut batch, cancel).await?;
+                            flush(config, storage, dead_letters, &mut batch, cancel).await?;
                         }
                     }
                     Err(error) => {
@@ -256,7 +257,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 /// without acknowledging: the broker redelivers, and the table key dedupes.
 async fn flush(
     config: &ConsumerConfig,
-    pool: &PgPool,
+    storage: &Storage,
     dead_letters: &DeadLetters,
     batch: &mut Batch,
     cancel: &CancellationToken,
@@ -273,13 +274,13 @@ async fn flush(
     let mut failures = 0u32;
     loop {
         let parts: Vec<&RequestPart> = items.iter().flat_map(|p| &p.envelope.parts).collect();
-        match store::write(pool, &parts, config.retry_window).await {
+        match store::write(storage, &parts, config.retry_window).await {
             Ok(inserted) => {
                 let write_seconds = started.elapsed().as_secs_f64();
                 if let Some(last) = items.iter().max_by_key(|p| p.delivery_tag) {
                     last.acker.ack(BasicAckOptions { multiple: true }).await?;
                 }
-                record_batch(pool, &items, events, inserted, write_seconds);
+                record_batch(&storage.pool, &items, events, inserted, write_seconds);
                 let request_ids: Vec<&str> = items
                     .iter()
                     .flat_map(|p| &p.envelope.parts)
@@ -302,8 +303,10 @@ async fn flush(
                 metrics::counter!("warren_consumer_write_failures_total", "queue" => config.topology.store_queue())
                     .increment(1);
                 tracing::warn!(%error, failures, events, "batch write failed; holding its deliveries");
-                if failures >= ATTEMPTS_BEFORE_ISOLATING && db::database_answers(pool).await {
-                    return isolate(config, pool, dead_letters, items).await;
+                if failures >= ATTEMPTS_BEFORE_ISOLATING
+                    && db::database_answers(&storage.pool).await
+                {
+                    return isolate(config, storage, dead_letters, items).await;
                 }
             }
         }
@@ -340,13 +343,13 @@ fn record_batch(pool: &PgPool, items: &[Pending], events: usize, inserted: usize
 /// are dead-lettered (in one envelope, with the database's reason); the rest are stored.
 async fn isolate(
     config: &ConsumerConfig,
-    pool: &PgPool,
+    storage: &Storage,
     dead_letters: &DeadLetters,
     items: Vec<Pending>,
 ) -> Result<(), SessionError> {
     for pending in items {
         let parts: Vec<&RequestPart> = pending.envelope.parts.iter().collect();
-        if store::write(pool, &parts, config.retry_window)
+        if store::write(storage, &parts, config.retry_window)
             .await
             .is_ok()
         {
@@ -354,7 +357,7 @@ async fn isolate(
             metrics::counter!("warren_consumer_acks_total").increment(1);
             continue;
         }
-        if !db::database_answers(pool).await {
+        if !db::database_answers(&storage.pool).await {
             // Leave this and the rest unacknowledged: the broker redelivers them.
             return Err(SessionError::DatabaseLost);
         }
@@ -368,8 +371,8 @@ async fn isolate(
                     part.received_at,
                     vec![event.clone()],
                 );
-                if let Err(error) = store::write(pool, &[&single], config.retry_window).await {
-                    if !db::database_answers(pool).await {
+                if let Err(error) = store::write(storage, &[&single], config.retry_window).await {
+                    if !db::database_answers(&storage.pool).await {
                         return Err(SessionError::DatabaseLost);
                     }
                     if reason.is_empty() {

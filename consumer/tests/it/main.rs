@@ -7,6 +7,7 @@ mod dead_letter;
 mod delivery;
 mod helpers;
 mod ingest;
+mod key_ids;
 mod metrics;
 mod openapi;
 mod outage;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use consumer::db::partitions::{self, Retention};
-use consumer::write::store::RetryWindow;
+use consumer::write::key_ids::KeyIds;
+use consumer::write::store::{RetryWindow, Storage};
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::RunQueryDsl;
 use shared_types::{Event, RequestPart};
@@ -48,7 +49,7 @@ async fn write(app: &TestApp, part: &RequestPart) -> usize {
         consumer::db::Plans::ServerChoice,
     )
     .unwrap();
-    consumer::write::store::write(&pool, &[part], RetryWindow::default())
+    consumer::write::store::write(&Storage::new(pool), &[part], RetryWindow::default())
         .await
         .unwrap()
 }
@@ -233,9 +234,14 @@ async fn an_unpartitioned_table_with_rows_is_migrated_into_daily_partitions() {
     // The migrated rows still deduplicate, and new rows continue the sequence.
     let again = part_of("m2", "/old", "2025-03-10T01:00:00Z");
     let fresh = part_of("m4", "/old", "2025-03-10T03:00:00Z");
+    let ids =
+        consumer::write::store::resolve_ids(&mut connection, &KeyIds::default(), &[&again, &fresh])
+            .await
+            .unwrap();
     let inserted = consumer::write::store::insert_events(
         &mut connection,
         &[&again, &fresh],
+        &ids,
         RetryWindow::default(),
     )
     .await
@@ -246,6 +252,17 @@ async fn an_unpartitioned_table_with_rows_is_migrated_into_daily_partitions() {
         .await
         .unwrap();
     assert_eq!(count.count, 1);
+    // Every migrated row carries the ids of its own source and type.
+    let matching: Count = diesel::sql_query(
+        "SELECT count(*) AS count FROM events \
+         JOIN event_sources ON event_sources.id = events.source_id \
+         JOIN event_types ON event_types.id = events.type_id \
+         WHERE event_sources.source = events.source AND event_types.type = events.type",
+    )
+    .get_result(&mut connection)
+    .await
+    .unwrap();
+    assert_eq!(matching.count, 4);
 
     drop(connection);
     let mut admin = consumer::db::connect(&format!("{}/postgres", crate::helpers::postgres_base()))

@@ -39,11 +39,15 @@ async fn a_type_list_runs_a_generic_plan_from_the_type_index_even_for_a_rare_typ
     // small payload, then fresh statistics. (Without the type estimate of the migrations, a
     // generic plan walks the time index here and filters.)
     diesel::sql_query(
-        "INSERT INTO events (id, source, type, data, time, received_at, received_on) \
-         SELECT 'e' || n, '/plans', CASE WHEN n % 2000 = 0 THEN 'rare.type' ELSE 'common.' || n % 10 END, \
-                jsonb_build_object('n', n, 'path', '/p/' || n % 977), \
-                now() - n * interval '1 millisecond', now(), (now() AT TIME ZONE 'UTC')::date \
-         FROM generate_series(1, 20000) AS n",
+        "INSERT INTO events (id, source, type, data, time, received_at, received_on, source_id, type_id) \
+         SELECT id, source, type, data, time, received_at, received_on, \
+                warren_source_id(source), warren_type_id(type) \
+         FROM (SELECT 'e' || n AS id, '/plans' AS source, \
+                      CASE WHEN n % 2000 = 0 THEN 'rare.type' ELSE 'common.' || n % 10 END AS type, \
+                      jsonb_build_object('n', n, 'path', '/p/' || n % 977) AS data, \
+                      now() - n * interval '1 millisecond' AS time, now() AS received_at, \
+                      (now() AT TIME ZONE 'UTC')::date AS received_on \
+               FROM generate_series(1, 20000) AS n) AS generated",
     )
     .execute(&mut db)
     .await
@@ -64,7 +68,8 @@ async fn a_type_list_runs_a_generic_plan_from_the_type_index_even_for_a_rare_typ
     .unwrap();
     let mut read = pool.get().await.unwrap();
     diesel::sql_query(
-        "PREPARE by_type(text, int8) AS SELECT * FROM events WHERE type = $1 \
+        "PREPARE by_type(text, int8) AS SELECT * FROM events \
+         WHERE type_id = (SELECT id FROM event_types WHERE type = $1) \
          ORDER BY event_time DESC, seq DESC LIMIT $2",
     )
     .execute(&mut read)
@@ -86,7 +91,7 @@ async fn a_type_list_runs_a_generic_plan_from_the_type_index_even_for_a_rare_typ
         .find(|line| line.contains(&partition))
         .unwrap_or_else(|| panic!("today's partition is not in the plan:\n{plan}"));
     assert!(
-        today.contains("type_event_time"),
+        today.contains("type_id_event_time"),
         "today's partition is not read from the type index:\n{plan}"
     );
 

@@ -480,3 +480,37 @@ async fn raw_read_statements_stay_prepared_on_the_connection() {
     drop(connection);
     app.cleanup().await;
 }
+
+/// Filters name sources and types by text while the indexes hold their ids: a name never stored
+/// has no id and must match nothing, in every route, rather than fail or match everything.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_or_type_never_stored_matches_nothing() {
+    let app = app_with_events().await;
+    let empty = json!({"events": [], "next_cursor": null});
+    for query in [
+        "/v1/events?source=%2Fnowhere",
+        "/v1/events?source=%2Fnowhere&type=page.viewed",
+        "/v1/events?source=%2Fweb&type=order.placed",
+        "/v1/events?type=nothing.*",
+        "/v1/events?source=%2Fnowhere&type=page.*",
+        "/v1/events?source=%2Fnowhere&subject=user%2F1",
+    ] {
+        let (status, body) = get(&app, query).await;
+        assert_eq!((status, &body), (200, &empty), "{query}");
+    }
+    let (status, _) = get(&app, "/v1/events/lookup?source=%2Fnowhere&id=a1").await;
+    assert_eq!(status, 404);
+    for filter in ["source=%2Fnowhere", "type=none", "type=nothing.*"] {
+        let (status, body) = get(
+            &app,
+            &format!("/v1/stats/counts?bucket=day&since=2024-05-01T00:00:00Z&until=2024-05-02T00:00:00Z&{filter}"),
+        )
+        .await;
+        assert_eq!(status, 200, "{filter}");
+        assert_eq!(body["buckets"][0]["count"], 0, "{filter}: {body}");
+    }
+    // And the stored names still match.
+    let (_, body) = get(&app, "/v1/events?source=%2Fweb&type=page.*").await;
+    assert_eq!(body["events"].as_array().unwrap().len(), 4);
+    app.cleanup().await;
+}

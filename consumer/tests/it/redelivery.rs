@@ -38,7 +38,7 @@ async fn consumer_stopped_between_insert_and_ack_stores_once() {
     .unwrap();
     assert_eq!(
         consumer::write::store::write(
-            &pool,
+            &consumer::write::store::Storage::new(pool),
             &[&part],
             consumer::write::store::RetryWindow::default()
         )

@@ -142,11 +142,13 @@ async fn list_rows(
 /// `type LIKE 'prefix%'` ordered by time can only walk the time index and filter: fast while
 /// matching events are among the newest, but a prefix whose events are older than a day of other
 /// traffic makes it read that whole day (seen: seconds per query on 10 M rows, and a backlog of
-/// them). Instead, a loose index scan lists the distinct matching types (one index descent each),
-/// each type's newest `limit + 1` rows come from the `(type, event_time, seq)` index, or from
-/// `(source, type, event_time, seq)` when a source is named, and the merged top `limit + 1` are
-/// the page. The cost grows with the number of matching types, not with how far back their
-/// events are. A source alone is the empty prefix within that source.
+/// them). Instead each matching type's newest `limit + 1` rows come from the `(type_id,
+/// event_time, seq)` index, or from `(source_id, type_id, event_time, seq)` when a source is
+/// named, and the merged top `limit + 1` are the page. The cost grows with the number of matching
+/// types, not with how far back their events are. The matching types come from the type
+/// dictionary; a source alone (the empty prefix) lists its own types instead, with a loose index
+/// scan over the source index (one index descent per type), since most types of the dictionary
+/// may never come from that source.
 ///
 /// One statement reads the rows whole. Reading only keys there (index-only) and then the page's
 /// rows by `seq` cost twice as much: `seq` does not name the partition, so each of the page's
@@ -163,14 +165,11 @@ async fn list_merging_types(
         next += 1;
         format!("${}", next - 1)
     };
-    let in_source = match filters.source {
-        Some(_) => {
-            let source = placeholder();
-            conditions += &format!(" AND events.source = {source}");
-            format!("source = {source} AND ")
-        }
-        None => String::new(),
-    };
+    let source_id = filters.source.as_ref().map(|_| {
+        let source_id = format!("{SOURCE_ID_OF}{})", placeholder());
+        conditions += &format!(" AND events.source_id = {source_id}");
+        source_id
+    });
     if filters.subject.is_some() {
         conditions += &format!(" AND events.subject = {}", placeholder());
     }
@@ -187,22 +186,34 @@ async fn list_merging_types(
             placeholder()
         );
     }
+    let types = match (&source_id, prefix) {
+        (Some(source_id), "") => format!(
+            "WITH RECURSIVE types(id) AS ( \
+                 (SELECT type_id FROM events WHERE source_id = {source_id} \
+                  ORDER BY type_id LIMIT 1) \
+               UNION ALL \
+                 SELECT (SELECT type_id FROM events \
+                         WHERE source_id = {source_id} AND type_id > types.id \
+                         ORDER BY type_id LIMIT 1) \
+                 FROM types WHERE types.id IS NOT NULL) \
+             SELECT page.* FROM types"
+        ),
+        _ => "SELECT page.* FROM event_types AS types".to_owned(),
+    };
+    let matching = match (&source_id, prefix) {
+        (Some(_), "") => "types.id IS NOT NULL",
+        _ => "starts_with(types.type, $1)",
+    };
     let text = format!(
-        "WITH RECURSIVE types(type) AS ( \
-             (SELECT type FROM events WHERE {in_source}type >= $1 ORDER BY type LIMIT 1) \
-           UNION ALL \
-             SELECT (SELECT type FROM events WHERE {in_source}type > types.type \
-                     ORDER BY type LIMIT 1) \
-             FROM types WHERE starts_with(types.type, $1)) \
-         SELECT page.* FROM types CROSS JOIN LATERAL ( \
+        "{types} CROSS JOIN LATERAL ( \
              SELECT events.seq, events.id, events.source, events.type AS event_type, \
                     events.subject, events.time, events.datacontenttype, events.dataschema, \
                     events.data, events.data_base64, events.extensions, events.received_at, \
                     events.event_time \
              FROM events \
-             WHERE events.type = types.type{conditions} \
+             WHERE events.type_id = types.id{conditions} \
              ORDER BY events.event_time DESC, events.seq DESC LIMIT $2) page \
-         WHERE starts_with(types.type, $1) \
+         WHERE {matching} \
          ORDER BY page.event_time DESC, page.seq DESC LIMIT $2"
     );
     let mut statement = diesel::sql_query(text)
@@ -236,14 +247,24 @@ type StoredEventSelect = diesel::dsl::AsSelect<StoredEvent, diesel::pg::Pg>;
 
 fn apply_list_filters<'a>(mut statement: BoxedList<'a>, filters: &'a Filters) -> BoxedList<'a> {
     match &filters.event_type {
-        Some(TypeFilter::Exact(kind)) => statement = statement.filter(events::event_type.eq(kind)),
+        Some(TypeFilter::Exact(kind)) => {
+            statement = statement.filter(
+                sql::<Bool>(&format!("type_id = {TYPE_ID_OF}"))
+                    .bind::<Text, _>(kind)
+                    .sql(")"),
+            )
+        }
         Some(TypeFilter::Prefix(prefix)) => {
             statement = statement.filter(events::event_type.like(like_prefix(prefix)).escape('\\'))
         }
         None => {}
     }
     if let Some(source) = &filters.source {
-        statement = statement.filter(events::source.eq(source));
+        statement = statement.filter(
+            sql::<Bool>(&format!("source_id = {SOURCE_ID_OF}"))
+                .bind::<Text, _>(source)
+                .sql(")"),
+        );
     }
     if let Some(subject) = &filters.subject {
         statement = statement.filter(events::subject.eq(subject));
@@ -256,6 +277,13 @@ fn apply_list_filters<'a>(mut statement: BoxedList<'a>, filters: &'a Filters) ->
     }
     statement
 }
+
+/// The id of a source, in SQL, up to its parameter: the indexes hold ids, the API takes text. A
+/// source never stored has no id, and the comparison with NULL matches nothing.
+const SOURCE_ID_OF: &str = "(SELECT id FROM event_sources WHERE source = ";
+
+/// The id of a type, in SQL, up to its parameter (see [`SOURCE_ID_OF`]).
+const TYPE_ID_OF: &str = "(SELECT id FROM event_types WHERE type = ";
 
 /// `prefix%`, with LIKE's own wildcards in the prefix escaped.
 fn like_prefix(prefix: &str) -> String {
@@ -277,7 +305,11 @@ pub async fn lookup_event(
 ) -> QueryResult<Option<StoredEvent>> {
     events::table
         .select(StoredEvent::as_select())
-        .filter(events::source.eq(&query.source))
+        .filter(
+            sql::<Bool>(&format!("source_id = {SOURCE_ID_OF}"))
+                .bind::<Text, _>(&query.source)
+                .sql(")"),
+        )
         .filter(events::id.eq(&query.id))
         // A retry received more than a day after its original is stored again
         // (docs/guarantees.md); the lookup answers the first copy.
@@ -344,15 +376,22 @@ pub async fn count_events(
     let mut texts: Vec<String> = Vec::new();
     let mut condition = |clause: &str, value: String| {
         texts.push(value);
-        conditions.push(format!("{clause} ${}", texts.len() + 2));
+        // Balance the parentheses a dictionary lookup opened.
+        let closing = ")".repeat(clause.matches('(').count());
+        conditions.push(format!("{clause} ${}{closing}", texts.len() + 2));
     };
     match &filters.event_type {
-        Some(TypeFilter::Exact(kind)) => condition("type =", kind.clone()),
-        Some(TypeFilter::Prefix(prefix)) => condition("type LIKE", like_prefix(prefix)),
+        Some(TypeFilter::Exact(kind)) => {
+            condition(&format!("type_id = {TYPE_ID_OF}"), kind.clone())
+        }
+        Some(TypeFilter::Prefix(prefix)) => condition(
+            "type_id = ANY (ARRAY (SELECT id FROM event_types WHERE type LIKE",
+            like_prefix(prefix),
+        ),
         None => {}
     }
     if let Some(source) = &filters.source {
-        condition("source =", source.clone());
+        condition(&format!("source_id = {SOURCE_ID_OF}"), source.clone());
     }
     if let Some(subject) = &filters.subject {
         condition("subject =", subject.clone());
