@@ -525,3 +525,22 @@ pub fn event(kind: &str) -> Value {
         "data": {"n": 1}
     })
 }
+
+/// How many stored rows carry the dictionary ids of their own source and type text.
+pub async fn rows_with_their_own_ids(db: &mut diesel_async::AsyncPgConnection) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query(
+        "SELECT count(*) AS n FROM events \
+         JOIN event_sources ON event_sources.id = events.source_id \
+         JOIN event_types ON event_types.id = events.type_id \
+         WHERE event_sources.source = events.source AND event_types.type = events.type",
+    )
+    .get_result::<Count>(db)
+    .await
+    .unwrap()
+    .n
+}

@@ -98,15 +98,6 @@ async fn every_stored_row_carries_the_ids_of_its_own_source_and_type() {
     assert_eq!(app.post_batch(batch).await.status(), 202);
     app.wait_for_rows(60).await;
     let mut db = app.db().await;
-    let matching: Count = diesel::sql_query(
-        "SELECT count(*) AS count FROM events \
-         JOIN event_sources ON event_sources.id = events.source_id \
-         JOIN event_types ON event_types.id = events.type_id \
-         WHERE event_sources.source = events.source AND event_types.type = events.type",
-    )
-    .get_result(&mut db)
-    .await
-    .unwrap();
-    assert_eq!(matching.count, 60);
+    assert_eq!(crate::helpers::rows_with_their_own_ids(&mut db).await, 60);
     app.cleanup().await;
 }

@@ -253,16 +253,10 @@ async fn an_unpartitioned_table_with_rows_is_migrated_into_daily_partitions() {
         .unwrap();
     assert_eq!(count.count, 1);
     // Every migrated row carries the ids of its own source and type.
-    let matching: Count = diesel::sql_query(
-        "SELECT count(*) AS count FROM events \
-         JOIN event_sources ON event_sources.id = events.source_id \
-         JOIN event_types ON event_types.id = events.type_id \
-         WHERE event_sources.source = events.source AND event_types.type = events.type",
-    )
-    .get_result(&mut connection)
-    .await
-    .unwrap();
-    assert_eq!(matching.count, 4);
+    assert_eq!(
+        crate::helpers::rows_with_their_own_ids(&mut connection).await,
+        4
+    );
 
     drop(connection);
     let mut admin = consumer::db::connect(&format!("{}/postgres", crate::helpers::postgres_base()))
