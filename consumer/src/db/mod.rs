@@ -1,5 +1,5 @@
 //! Database plumbing both sides share: pools, creating the database, migrations under an
-//! advisory lock so replicas starting together cannot race, the daily partitions
+//! advisory lock so replicas starting together cannot race, the weekly partitions
 //! ([`partitions`]) and the `events` table as diesel sees it ([`tables`]).
 
 pub mod partitions;
@@ -56,7 +56,7 @@ pub enum Plans {
     /// One generic plan per prepared statement, made on its first run and reused. The read
     /// API's list statements are shaped so that one index answers them whatever the values
     /// (migrations/2026-12-01-000001_type_estimate_for_generic_plans); planning them for their
-    /// values walked every daily partition and its indexes on every request, ten times the
+    /// values walked every partition and its indexes on every request, ten times the
     /// cost of running them. A statement that needs a plan for its values asks for it itself.
     Generic,
 }

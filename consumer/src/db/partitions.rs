@@ -1,11 +1,14 @@
-//! Daily partitions of `events`: made ahead of time, and dropped whole when retention ends.
+//! Weekly partitions of `events`: made ahead of time, and dropped whole when retention ends.
 //!
-//! A partition is named `events_pYYYYMMDD` and holds the events received (UTC) on that day. The
-//! SQL function `warren_events_partition(day)` (see `migrations/`) is the one place that creates
-//! one; it is idempotent and safe when several consumers call it together. Every consumer runs
-//! [`maintain`]: at start and then hourly it makes sure today's and the next days' partitions
-//! exist, and, with `WARREN_RETENTION_DAYS` set, drops the partitions of days that fell out of
-//! the window. Dropping a partition is a catalog operation, not a DELETE: no dead rows, no vacuum.
+//! A partition is named `events_wYYYYMMDD` after its Monday and holds the events received (UTC)
+//! from that Monday to the next: a list query opens an index scan in every partition, so fewer
+//! partitions make every query cheaper (docs/benchmarks.md, fourteenth round). The SQL function
+//! `warren_events_partition(day)` (see `migrations/`) is the one place that creates one; it is
+//! idempotent and safe when several consumers call it together. Every consumer runs
+//! [`maintain`]: at start and then hourly it makes sure the partitions of today and the next
+//! days exist, and, with `WARREN_RETENTION_DAYS` set, drops the partitions whose every day fell
+//! out of the window. Dropping a partition is a catalog operation, not a DELETE: no dead rows,
+//! no vacuum; the price is that an event is kept up to six days longer than the window.
 
 use std::time::Duration;
 
@@ -29,7 +32,7 @@ const DROP_LOCK_TIMEOUT: &str = "5s";
 /// What retention keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
-    /// Whole UTC days kept before today; older days' partitions are dropped.
+    /// Whole UTC days kept before today; a partition is dropped once all its days are older.
     pub days: u32,
 }
 
@@ -42,7 +45,7 @@ impl Retention {
     }
 }
 
-/// Makes sure the partition for `day` exists; returns its name.
+/// Makes sure the partition holding `day` exists; returns its name.
 pub async fn ensure(
     connection: &mut AsyncPgConnection,
     day: NaiveDate,
@@ -65,31 +68,40 @@ pub struct Partition {
     /// Its table name.
     #[diesel(sql_type = Text)]
     pub name: String,
-    /// The day it holds.
+    /// The first day it holds.
     #[diesel(sql_type = Date)]
-    pub day: NaiveDate,
+    pub first_day: NaiveDate,
+    /// The day after the last one it holds (its upper bound, exclusive).
+    #[diesel(sql_type = Date)]
+    pub end_day: NaiveDate,
 }
 
-/// The daily partitions of `events`, oldest first.
+/// The partitions of `events`, oldest first, with the days they hold read from the catalog, so
+/// retention also handles partitions made by an earlier layout (daily ones, before migration
+/// `2026-12-01-000004`).
 pub async fn list(connection: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<Partition>> {
     diesel::sql_query(
-        "SELECT c.relname::text AS name, to_date(substr(c.relname, 9), 'YYYYMMDD') AS day \
-         FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-         WHERE i.inhparent = 'events'::regclass AND c.relname ~ '^events_p[0-9]{8}$' \
-         ORDER BY 2",
+        "SELECT name, first_day, end_day FROM ( \
+           SELECT c.relname::text AS name, \
+                  substring(pg_get_expr(c.relpartbound, c.oid) FROM 'FROM \\(''([^'']+)''\\)')::date AS first_day, \
+                  substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \\(''([^'']+)''\\)')::date AS end_day \
+           FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+           WHERE i.inhparent = 'events'::regclass) AS bounds \
+         WHERE first_day IS NOT NULL AND end_day IS NOT NULL \
+         ORDER BY first_day",
     )
     .load(connection)
     .await
 }
 
-/// Drops every partition of a day before `first_kept`; returns the dropped ones.
+/// Drops every partition whose days are all before `first_kept`; returns the dropped ones.
 pub async fn drop_before(
     connection: &mut AsyncPgConnection,
     first_kept: NaiveDate,
 ) -> diesel::QueryResult<Vec<Partition>> {
     let mut dropped = Vec::new();
     for partition in list(connection).await? {
-        if partition.day >= first_kept {
+        if partition.end_day > first_kept {
             continue;
         }
         let statement = format!("DROP TABLE IF EXISTS \"{}\"", partition.name);
@@ -106,7 +118,8 @@ pub async fn drop_before(
     Ok(dropped)
 }
 
-/// One maintenance pass: today's and the next [`DAYS_AHEAD`] days' partitions, then retention.
+/// One maintenance pass: the partitions of today and the next [`DAYS_AHEAD`] days, then
+/// retention.
 pub async fn maintain_once(
     connection: &mut AsyncPgConnection,
     retention: Option<Retention>,
@@ -124,7 +137,8 @@ pub async fn maintain_once(
             for partition in &dropped {
                 tracing::info!(
                     partition = %partition.name,
-                    day = %partition.day,
+                    first_day = %partition.first_day,
+                    end_day = %partition.end_day,
                     retention_days = retention.days,
                     "dropped a partition past retention"
                 );

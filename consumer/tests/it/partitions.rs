@@ -1,5 +1,6 @@
-//! Daily partitions: retention drops whole days, and exactly-once storage holds for
-//! redeliveries and client retries around midnight.
+//! Weekly partitions: retention drops whole weeks, and exactly-once storage holds for
+//! redeliveries and client retries around midnight, inside a week's partition and across two.
+//! 2025-03-09 is a Sunday: its midnight is also the boundary between two partitions.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -81,7 +82,7 @@ async fn a_redelivery_after_midnight_lands_in_its_original_partition_once() {
     // The message comes back after midnight: it still carries its received_at.
     assert_eq!(write(&app, &original).await, 0);
 
-    assert_eq!(copies(&app, "late-evening").await, ["events_p20250309"]);
+    assert_eq!(copies(&app, "late-evening").await, ["events_w20250303"]);
     app.cleanup().await;
 }
 
@@ -97,8 +98,24 @@ async fn a_client_retry_across_midnight_is_stored_once_whichever_copy_comes_firs
     assert_eq!(write(&app, &part("retry-b", after)).await, 1);
     assert_eq!(write(&app, &part("retry-b", before)).await, 0);
 
-    assert_eq!(copies(&app, "retry-a").await, ["events_p20250309"]);
-    assert_eq!(copies(&app, "retry-b").await, ["events_p20250310"]);
+    assert_eq!(copies(&app, "retry-a").await, ["events_w20250303"]);
+    assert_eq!(copies(&app, "retry-b").await, ["events_w20250310"]);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_retry_across_midnight_inside_one_week_is_stored_once() {
+    let app = spawn_app().await;
+    let before = at("2025-03-11T23:59:59.500Z");
+    let after = at("2025-03-12T00:00:00.500Z");
+
+    assert_eq!(write(&app, &part("midweek-a", before)).await, 1);
+    assert_eq!(write(&app, &part("midweek-a", after)).await, 0);
+    assert_eq!(write(&app, &part("midweek-b", after)).await, 1);
+    assert_eq!(write(&app, &part("midweek-b", before)).await, 0);
+
+    assert_eq!(copies(&app, "midweek-a").await, ["events_w20250310"]);
+    assert_eq!(copies(&app, "midweek-b").await, ["events_w20250310"]);
     app.cleanup().await;
 }
 
@@ -117,7 +134,7 @@ async fn a_retry_across_midnight_later_than_the_retry_window_is_stored_again_as_
     );
     assert_eq!(
         copies(&app, "late-retry").await,
-        ["events_p20250309", "events_p20250310"]
+        ["events_w20250303", "events_w20250310"]
     );
     app.cleanup().await;
 }
@@ -135,14 +152,15 @@ async fn a_retry_received_two_days_later_is_stored_again_as_documented() {
     );
     assert_eq!(
         copies(&app, "very-late").await,
-        ["events_p20250309", "events_p20250311"]
+        ["events_w20250303", "events_w20250310"]
     );
     app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn retention_drops_the_partitions_of_days_past_the_window() {
+async fn retention_drops_a_week_once_all_its_days_are_past_the_window() {
     let app = spawn_app().await;
+    // A Thursday; with 7 days kept, the first day kept is Thursday 2025-03-13.
     let today = NaiveDate::from_ymd_opt(2025, 3, 20).unwrap();
     let day = |back: u64| {
         today
@@ -152,7 +170,14 @@ async fn retention_drops_the_partitions_of_days_past_the_window() {
             .unwrap()
             .and_utc()
     };
-    for (id, back) in [("old", 10), ("edge", 7), ("recent", 3), ("today", 0)] {
+    for (id, back) in [
+        ("three-weeks", 21),
+        ("old-sunday", 11),
+        ("old-monday", 10),
+        ("edge", 7),
+        ("recent", 3),
+        ("today", 0),
+    ] {
         assert_eq!(write(&app, &part(id, day(back))).await, 1);
     }
     let mut connection = app.db().await;
@@ -162,26 +187,28 @@ async fn retention_drops_the_partitions_of_days_past_the_window() {
         .unwrap();
 
     let names: Vec<&str> = dropped.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["events_p20250310"]);
-    let kept: Vec<String> = partitions::list(&mut connection)
+    assert_eq!(names, ["events_w20250224", "events_w20250303"]);
+    let kept: Vec<(String, NaiveDate, NaiveDate)> = partitions::list(&mut connection)
         .await
         .unwrap()
         .into_iter()
-        .map(|p| p.name)
-        .filter(|name| name.starts_with("events_p2025"))
+        .filter(|p| p.name.starts_with("events_w2025"))
+        .map(|p| (p.name, p.first_day, p.end_day))
         .collect();
+    let date = |d: u32| NaiveDate::from_ymd_opt(2025, 3, d).unwrap();
+    // The week holding the first day kept stays whole: its Monday is older than the window.
     assert_eq!(
         kept,
         [
-            "events_p20250313",
-            "events_p20250317",
-            "events_p20250320",
-            "events_p20250321",
-            "events_p20250322"
+            ("events_w20250310".to_string(), date(10), date(17)),
+            ("events_w20250317".to_string(), date(17), date(24)),
         ]
     );
-    assert!(copies(&app, "old").await.is_empty());
-    assert_eq!(copies(&app, "edge").await, ["events_p20250313"]);
+    for gone in ["three-weeks", "old-sunday"] {
+        assert!(copies(&app, gone).await.is_empty(), "{gone} was kept");
+    }
+    assert_eq!(copies(&app, "old-monday").await, ["events_w20250310"]);
+    assert_eq!(copies(&app, "edge").await, ["events_w20250310"]);
     app.cleanup().await;
 }
 
@@ -192,7 +219,7 @@ struct Count {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_unpartitioned_table_with_rows_is_migrated_into_daily_partitions() {
+async fn an_unpartitioned_table_with_rows_is_migrated_into_weekly_partitions() {
     use diesel_async::AsyncMigrationHarness;
     use diesel_migrations::MigrationHarness;
 
@@ -227,10 +254,18 @@ async fn an_unpartitioned_table_with_rows_is_migrated_into_daily_partitions() {
             .await
             .unwrap();
     let days: Vec<String> = days.into_iter().map(|row| row.partition).collect();
+    // Through daily partitions (the third migration) into weekly ones: none of the days is left.
     assert_eq!(
         days,
-        ["events_p20250309", "events_p20250310", "events_p20250310"]
+        ["events_w20250303", "events_w20250310", "events_w20250310"]
     );
+    let layout: Vec<String> = partitions::list(&mut connection)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(layout, ["events_w20250303", "events_w20250310"]);
     // The migrated rows still deduplicate, and new rows continue the sequence.
     let again = part_of("m2", "/old", "2025-03-10T01:00:00Z");
     let fresh = part_of("m4", "/old", "2025-03-10T03:00:00Z");

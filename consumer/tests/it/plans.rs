@@ -17,18 +17,18 @@ struct PlanLine {
     line: String,
 }
 
-/// The partition suffix of the day PostgreSQL says it is (UTC), as the insert used.
-async fn today_utc(db: &mut diesel_async::AsyncPgConnection) -> String {
+/// The partition holding the day PostgreSQL says it is (UTC), which the insert used.
+async fn todays_partition(db: &mut diesel_async::AsyncPgConnection) -> String {
     #[derive(diesel::QueryableByName)]
-    struct Day {
+    struct Name {
         #[diesel(sql_type = Text)]
-        day: String,
+        name: String,
     }
-    diesel::sql_query("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD') AS day")
-        .get_result::<Day>(db)
+    diesel::sql_query("SELECT warren_events_partition((now() AT TIME ZONE 'UTC')::date) AS name")
+        .get_result::<Name>(db)
         .await
         .unwrap()
-        .day
+        .name
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -85,7 +85,7 @@ async fn a_type_list_runs_a_generic_plan_from_the_type_index_even_for_a_rare_typ
             .collect();
     let plan = plan.join("\n");
     assert!(plan.contains("$1"), "not a generic plan:\n{plan}");
-    let partition = format!("events_p{}", today_utc(&mut db).await);
+    let partition = todays_partition(&mut db).await;
     let today = plan
         .lines()
         .find(|line| line.contains(&partition))

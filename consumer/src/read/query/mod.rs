@@ -152,7 +152,7 @@ async fn list_rows(
 ///
 /// One statement reads the rows whole. Reading only keys there (index-only) and then the page's
 /// rows by `seq` cost twice as much: `seq` does not name the partition, so each of the page's
-/// keys was looked up in every daily partition (`scripts/perf/query-cost`, docs/benchmarks.md).
+/// keys was looked up in every partition (`scripts/perf/query-cost`, docs/benchmarks.md).
 async fn list_merging_types(
     connection: &mut AsyncPgConnection,
     query: &ListQuery,
