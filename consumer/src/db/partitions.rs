@@ -81,13 +81,13 @@ pub struct Partition {
 /// `2026-12-01-000004`).
 pub async fn list(connection: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<Partition>> {
     diesel::sql_query(
-        "SELECT name, first_day, end_day FROM ( \
+        "SELECT name, bounds[1]::date AS first_day, bounds[2]::date AS end_day FROM ( \
            SELECT c.relname::text AS name, \
-                  substring(pg_get_expr(c.relpartbound, c.oid) FROM 'FROM \\(''([^'']+)''\\)')::date AS first_day, \
-                  substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \\(''([^'']+)''\\)')::date AS end_day \
+                  regexp_match(pg_get_expr(c.relpartbound, c.oid), \
+                               'FROM \\(''([^'']+)''\\) TO \\(''([^'']+)''\\)') AS bounds \
            FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-           WHERE i.inhparent = 'events'::regclass) AS bounds \
-         WHERE first_day IS NOT NULL AND end_day IS NOT NULL \
+           WHERE i.inhparent = 'events'::regclass) AS partitions \
+         WHERE bounds IS NOT NULL \
          ORDER BY first_day",
     )
     .load(connection)

@@ -4,14 +4,14 @@
 //! column, whatever the batch size, which Postgres plans once and executes faster than a
 //! multi-row VALUES list with a bind per cell.
 //!
-//! `events` is partitioned by the UTC day the gateway received an event (`received_on`, a week
-//! per partition, see `migrations/`), and its unique key is `(source_id, id, received_on)`. A redelivery carries the
-//! original `received_at`, so it meets its first copy in the same partition and `ON CONFLICT`
-//! skips it. A client retry is a new request with a new `received_at`: an event received within
-//! the retry window ([`RetryWindow`], `WARREN_DEDUP_RETRY_WINDOW_SECS`) of midnight is also looked
-//! for under the neighbouring day, so a retry across midnight is skipped whichever copy
-//! a consumer writes first. Events further from midnight skip that probe: two index lookups per
-//! row that almost never find anything. The rows of a batch are grouped by day and by which
+//! `events` is partitioned by the UTC day the gateway received an event (`received_on`, a week per
+//! partition, see `migrations/`), and its unique key is `(source_id, id, received_on)`. A
+//! redelivery carries the original `received_at`, so it meets its first copy in the same partition
+//! and `ON CONFLICT` skips it. A client retry is a new request with a new `received_at`: an event
+//! received within the retry window ([`RetryWindow`], `WARREN_DEDUP_RETRY_WINDOW_SECS`) of midnight
+//! is also looked for under the neighbouring day, so a retry across midnight is skipped whichever
+//! copy a consumer writes first. Events further from midnight skip that probe: two index lookups
+//! per row that almost never find anything. The rows of a batch are grouped by day and by which
 //! neighbours they probe (one group, except near midnight), so each statement names its day as a
 //! parameter and Postgres prunes to the partitions it touches.
 
