@@ -61,7 +61,7 @@ pub async fn run_teardown(args: &[String]) -> anyhow::Result<()> {
     let (connection, _) =
         service_runtime::amqp::connect(&url, ConnectionProperties::default()).await?;
     let removed = topology.remove(&connection, force).await;
-    let _ = connection.close(200, "teardown done".into()).await;
+    service_runtime::amqp::close(&connection, "teardown done").await;
     removed?;
     println!(
         "removed the queues and exchanges of prefix {}",

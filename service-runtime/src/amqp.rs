@@ -17,6 +17,10 @@ use crate::config::{redact_url, SecretUrl};
 /// The longest one node may take to accept a connection.
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The longest closing a connection may take. A broker that went away may never answer the
+/// close, and a session must not wait on it to reconnect, nor a shutdown to end.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Where the next attempt starts, shared by every connection of the process, so two connections
 /// opened one after the other spread over the nodes.
 static NEXT_NODE: AtomicUsize = AtomicUsize::new(0);
@@ -98,6 +102,12 @@ pub async fn connect_avoiding(
     }))
 }
 
+/// Closes `connection` with `reason`, giving up after [`CLOSE_TIMEOUT`]: the socket goes with
+/// the connection's last handle either way.
+pub async fn close(connection: &Connection, reason: &str) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, reason.into())).await;
+}
+
 /// The order to try `count` nodes in: from `start` round the list, with `avoid` moved last.
 fn attempt_order(count: usize, start: usize, avoid: Option<usize>) -> Vec<usize> {
     let mut order: Vec<usize> = (0..count).map(|offset| (start + offset) % count).collect();
@@ -152,7 +162,7 @@ mod tests {
                 .await
                 .unwrap();
             assert!(!node.contains(&dead_port.to_string()), "{node}");
-            let _ = connection.close(200, "test done".into()).await;
+            close(&connection, "test done").await;
         }
     }
 }

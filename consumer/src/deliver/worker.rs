@@ -351,7 +351,9 @@ async fn session(
         run.stop.cancel();
         let _ = run.task.await;
     }
-    let _ = connection.close(200, "delivery session ended".into()).await;
+    // A connection whose broker went away may never answer the close; the reconnect must not
+    // wait on it.
+    service_runtime::amqp::close(&connection, "delivery session ended").await;
     result
 }
 

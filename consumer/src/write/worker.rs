@@ -35,8 +35,6 @@ const ATTEMPTS_BEFORE_ISOLATING: u32 = 3;
 const LOGGED_REQUEST_IDS: usize = 20;
 /// How often the consuming connection's state is checked.
 const CONNECTION_CHECK: Duration = Duration::from_secs(1);
-/// How long closing a session's connections may take.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a consuming session ended, other than shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +102,7 @@ async fn session(
         dead_letters.close().await;
         let _ = connection.close(200, "consumer session ended".into()).await;
     };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+    let _ = tokio::time::timeout(service_runtime::amqp::CLOSE_TIMEOUT, closing).await;
     result
 }
 

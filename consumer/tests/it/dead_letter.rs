@@ -31,7 +31,7 @@ async fn publish_garbage(app: &TestApp) {
         .await
         .unwrap();
     assert!(confirm.is_ack());
-    let _ = connection.close(200, "done".into()).await;
+    service_runtime::amqp::close(&connection, "done").await;
 }
 
 /// Takes one dead letter, returns (reason, body), and puts it back.
@@ -59,7 +59,7 @@ async fn peek_dead_letter(app: &TestApp) -> (String, Vec<u8>) {
         )
         .await
         .unwrap();
-    let _ = connection.close(200, "done".into()).await;
+    service_runtime::amqp::close(&connection, "done").await;
     (reason, body)
 }
 
@@ -185,6 +185,6 @@ async fn dlq_list_shows_reasons_and_replay_sends_them_back() {
     app.wait_for_depth(&dead_queue, 1).await;
     app.wait_for_depth(&app.topology().store_queue(), 0).await;
     assert_eq!(app.count_rows().await, 1);
-    let _ = connection.close(200, "done".into()).await;
+    service_runtime::amqp::close(&connection, "done").await;
     app.cleanup().await;
 }

@@ -62,7 +62,11 @@ pub async fn spawn_app_with(extra_env: &[(&str, &str)]) -> TestApp {
         db_url: format!("{}/{db_name}", postgres_base()),
         db_name,
         prefix: format!("test.{}", &suffix[..16]),
-        client: reqwest::Client::new(),
+        // Bounded, so a request the app never answers fails its test instead of hanging CI.
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("an HTTP client"),
         gateway: None,
         consumer: None,
         delivery: Vec::new(),
@@ -356,7 +360,7 @@ impl TestApp {
             )
             .await
             .unwrap();
-        let _ = connection.close(200, "done".into()).await;
+        service_runtime::amqp::close(&connection, "done").await;
         queue.message_count()
     }
 
@@ -476,8 +480,14 @@ impl Drop for TestApp {
 async fn remove_resources(prefix: &str, shards: u16, db_name: &str) {
     let topology = service_runtime::topology::Topology::new(prefix.to_owned()).with_shards(shards);
     let subscriptions = subscription_ids(db_name).await;
-    if let Ok(connection) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
-    {
+    // Bounded: a lapin future whose broker dropped the socket may never resolve, and the
+    // database below must still go.
+    let remove_from_broker = async {
+        let Ok(connection) =
+            Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+        else {
+            return;
+        };
         for id in subscriptions {
             if let Ok(channel) = connection.create_channel().await {
                 let queue = consumer::deliver::queues::queue_name(&topology, id);
@@ -487,7 +497,13 @@ async fn remove_resources(prefix: &str, shards: u16, db_name: &str) {
             }
         }
         let _ = topology.remove(&connection, true).await;
-        let _ = connection.close(200, "cleanup".into()).await;
+        service_runtime::amqp::close(&connection, "cleanup").await;
+    };
+    if tokio::time::timeout(Duration::from_secs(30), remove_from_broker)
+        .await
+        .is_err()
+    {
+        eprintln!("cleanup: the broker did not answer within 30 s; queues of {prefix} may be left");
     }
     if let Ok(mut admin) = consumer::db::connect(&format!("{}/postgres", postgres_base())).await {
         let _ = diesel::sql_query(format!(

@@ -36,6 +36,6 @@ async fn a_queue_holding_events_is_kept_unless_removal_is_forced() {
         )
         .await;
     assert!(gone.is_err(), "the exchange is still there");
-    let _ = connection.close(200, "done".into()).await;
+    service_runtime::amqp::close(&connection, "done").await;
     app.cleanup().await;
 }

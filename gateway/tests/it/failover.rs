@@ -242,7 +242,7 @@ impl Fixture {
                     .flat_map(|part| part.events.iter().map(|event| event.id.clone())),
             );
         }
-        let _ = connection.close(200, "test done".into()).await;
+        service_runtime::amqp::close(&connection, "test done").await;
         ids
     }
 
@@ -261,8 +261,12 @@ impl Fixture {
         if let Ok((connection, _)) =
             service_runtime::amqp::connect(&url, lapin::ConnectionProperties::default()).await
         {
-            let _ = self.topology.remove(&connection, true).await;
-            let _ = connection.close(200, "test done".into()).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(30),
+                self.topology.remove(&connection, true),
+            )
+            .await;
+            service_runtime::amqp::close(&connection, "test done").await;
         }
     }
 }

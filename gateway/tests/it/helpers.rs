@@ -45,7 +45,11 @@ pub async fn spawn_gateway(env: &[(&str, &str)]) -> TestGateway {
     TestGateway {
         address,
         publisher,
-        client: reqwest::Client::new(),
+        // Bounded, so a request the app never answers fails its test instead of hanging CI.
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("an HTTP client"),
         _stop: stop,
     }
 }
