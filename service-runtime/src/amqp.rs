@@ -102,8 +102,7 @@ pub async fn connect_avoiding(
     }))
 }
 
-/// Closes `connection` with `reason`, giving up after [`CLOSE_TIMEOUT`]: the socket goes with
-/// the connection's last handle either way.
+/// Closes `connection` with `reason`, giving up after [`CLOSE_TIMEOUT`] (see there why).
 pub async fn close(connection: &Connection, reason: &str) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, reason.into())).await;
 }
