@@ -10,7 +10,8 @@ pub mod params;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use diesel::dsl::sql;
+use diesel::dsl::{sql, AsExprOf};
+use diesel::expression::{SqlLiteral, UncheckedBind};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -248,11 +249,7 @@ type StoredEventSelect = diesel::dsl::AsSelect<StoredEvent, diesel::pg::Pg>;
 fn apply_list_filters<'a>(mut statement: BoxedList<'a>, filters: &'a Filters) -> BoxedList<'a> {
     match &filters.event_type {
         Some(TypeFilter::Exact(kind)) => {
-            statement = statement.filter(
-                sql::<Bool>(&format!("type_id = {TYPE_ID_OF}"))
-                    .bind::<Text, _>(kind)
-                    .sql(")"),
-            )
+            statement = statement.filter(id_matches("type_id", TYPE_ID_OF, kind))
         }
         Some(TypeFilter::Prefix(prefix)) => {
             statement = statement.filter(events::event_type.like(like_prefix(prefix)).escape('\\'))
@@ -260,11 +257,7 @@ fn apply_list_filters<'a>(mut statement: BoxedList<'a>, filters: &'a Filters) ->
         None => {}
     }
     if let Some(source) = &filters.source {
-        statement = statement.filter(
-            sql::<Bool>(&format!("source_id = {SOURCE_ID_OF}"))
-                .bind::<Text, _>(source)
-                .sql(")"),
-        );
+        statement = statement.filter(id_matches("source_id", SOURCE_ID_OF, source));
     }
     if let Some(subject) = &filters.subject {
         statement = statement.filter(events::subject.eq(subject));
@@ -284,6 +277,17 @@ const SOURCE_ID_OF: &str = "(SELECT id FROM event_sources WHERE source = ";
 
 /// The id of a type, in SQL, up to its parameter (see [`SOURCE_ID_OF`]).
 const TYPE_ID_OF: &str = "(SELECT id FROM event_types WHERE type = ";
+
+/// A filter on a dictionary id column by the text the API takes: `column = {id_of}$n)`, with
+/// `id_of` one of [`SOURCE_ID_OF`] and [`TYPE_ID_OF`].
+type IdMatches<'a> = SqlLiteral<Bool, UncheckedBind<SqlLiteral<Bool>, AsExprOf<&'a str, Text>>>;
+
+/// See [`IdMatches`].
+fn id_matches<'a>(column: &str, id_of: &str, text: &'a str) -> IdMatches<'a> {
+    sql::<Bool>(&format!("{column} = {id_of}"))
+        .bind::<Text, _>(text)
+        .sql(")")
+}
 
 /// `prefix%`, with LIKE's own wildcards in the prefix escaped.
 fn like_prefix(prefix: &str) -> String {
@@ -305,11 +309,7 @@ pub async fn lookup_event(
 ) -> QueryResult<Option<StoredEvent>> {
     events::table
         .select(StoredEvent::as_select())
-        .filter(
-            sql::<Bool>(&format!("source_id = {SOURCE_ID_OF}"))
-                .bind::<Text, _>(&query.source)
-                .sql(")"),
-        )
+        .filter(id_matches("source_id", SOURCE_ID_OF, &query.source))
         .filter(events::id.eq(&query.id))
         // A retry received more than a day after its original is stored again
         // (docs/guarantees.md); the lookup answers the first copy.
