@@ -48,7 +48,17 @@ SCENARIOS = {
     # like the k6 batch scenario's (four types, a subject), an open loop like k6's.
     "wrk-batch-rate": ("wrk", {"BATCH": "100", "RATE": "400", "SHAPE": "k6"}, 100,
                        "≥ 40 000 events/s stored, lag p99 < 250 ms, queue not growing"),
+    # The queries scenario with wrk as the generator: k6 took 0.4 of the two cores there, more
+    # than any one process of Warren. 500 queries/s (one paced wrk per filter shape, so each shape
+    # has its own latency) beside 20 000 events/s in batches of 100. Needs --prefill.
+    "wrk-queries": ("wrk", {"BATCH": "100", "RATE": "200", "SHAPE": "k6", "QUERY_RATE": "500"}, 100,
+                    "queries p99 < 20 ms per shape at 500 req/s, none late, while ingesting 20 000 events/s"),
 }
+
+# The filter shapes of loadtest/wrk/queries.lua (and loadtest/queries.js).
+QUERY_KINDS = ["type", "type_prefix", "source", "subject", "window", "type_window"]
+# Connections of each shape's wrk: enough that a paced request always finds one free.
+WRK_QUERY_CONNECTIONS = 16
 
 # Events/s that batch and wrk-batch-rate offer instead of their 40 000 (--batch-rate), to find
 # the rate storage sustains; set by main().
@@ -57,72 +67,11 @@ BATCH_RATE = None
 WRK_CONNECTIONS = 64
 WRK_THREADS = 2
 
-# One unique event per request (or a batch of them); `id` is set per thread by setup().
-WRK_SCRIPT = r"""
-local counter = 0
-local batch = tonumber(os.getenv("WRK_BATCH") or "1")
-local tag = os.getenv("RUN_TAG")
-local headers = {["Content-Type"] = batch == 1 and "application/cloudevents+json"
-                                   or "application/cloudevents-batch+json"}
-local key = os.getenv("WARREN_INGEST_KEY")
-if key and key ~= "" then headers["Authorization"] = "Bearer " .. key end
--- WRK_SHAPE=k6: the events of loadtest/lib.js (four types, a subject, three data fields), so a
--- paced run carries what the k6 batch scenario does; otherwise one type and no subject.
-local k6_shape = os.getenv("WRK_SHAPE") == "k6"
-local types = {"page.viewed", "page.left", "cart.updated", "order.placed"}
--- WRK_RATE: requests/s over all threads (WRK_THREADS of them), paced; unset: a closed loop.
-local rate = tonumber(os.getenv("WRK_RATE") or "0")
-local interval_ms = rate > 0 and 1000 * tonumber(os.getenv("WRK_THREADS")) / rate or 0
-local ffi, next_due
-if rate > 0 then
-  ffi = require("ffi")
-  ffi.cdef[[
-    typedef struct { long tv_sec; long tv_nsec; } warren_timespec;
-    int clock_gettime(int clock, warren_timespec *now);
-  ]]
-end
-local function now_ms()
-  local now = ffi.new("warren_timespec")
-  ffi.C.clock_gettime(1, now) -- CLOCK_MONOTONIC
-  return tonumber(now.tv_sec) * 1000 + tonumber(now.tv_nsec) / 1e6
-end
-local threads = 0
-function setup(thread)
-  threads = threads + 1
-  thread:set("id", threads)
-end
--- Each request takes the thread's next slot on a fixed schedule: a constant arrival rate while
--- connections are free, and a catch-up (no wait) when the answers fall behind it.
-function delay()
-  if rate == 0 then return 0 end
-  local now = now_ms()
-  next_due = next_due or now
-  local wait = next_due - now
-  next_due = next_due + interval_ms
-  return wait > 0 and wait or 0
-end
-request = function()
-  local events = {}
-  for i = 1, batch do
-    counter = counter + 1
-    if k6_shape then
-      events[i] = string.format(
-        '{"specversion":"1.0","id":"%d-%d","source":"/wrk/%s","type":"%s","subject":"user/%d",' ..
-        '"data":{"n":%d,"path":"/p/%d","run":"%s"}}',
-        id, counter, tag, types[counter % 4 + 1], (id * 7919 + counter) % 10000, counter, counter % 97, tag)
-    else
-      events[i] = string.format(
-        '{"specversion":"1.0","id":"%d-%d","source":"/wrk/%s","type":"bench.wrk","data":{"n":%d}}',
-        id, counter, tag, counter)
-    end
-  end
-  local body = batch == 1 and events[1] or ("[" .. table.concat(events, ",") .. "]")
-  return wrk.format("POST", "/v1/events", headers, body)
-end
-"""
+# The wrk scripts (Lua), beside the k6 ones.
+WRK_DIR = ROOT / "loadtest" / "wrk"
 
 
-def stack_groups(stack_dir, k6_pid):
+def stack_groups(stack_dir, k6_pids):
     """Process groups to watch: name -> list of pids (re-read every sample for new backends)."""
     groups = {}
     table = process_table()
@@ -138,8 +87,8 @@ def stack_groups(stack_dir, k6_pid):
     groups["rabbitmq"] = matching(table, "beam.smp")
     # scripts/perf/bench --postgres compose names its private cluster's processes warren-bench.
     groups["postgres"] = matching(table, os.environ.get("WARREN_BENCH_PG_PATTERN", "postgres"))
-    if k6_pid:
-        groups["k6"] = [k6_pid]
+    if k6_pids:
+        groups["k6"] = list(k6_pids)
     return groups
 
 
@@ -182,7 +131,7 @@ class Sampler(threading.Thread):
     def __init__(self, stack_dir):
         super().__init__(daemon=True)
         self.stack_dir = stack_dir
-        self.k6_pid = None
+        self.k6_pids = []  # the load generator's processes
         self.stop = threading.Event()
         self.first_cpu = {}
         self.last_cpu = {}
@@ -190,7 +139,7 @@ class Sampler(threading.Thread):
 
     def run(self):
         while not self.stop.is_set():
-            for group, pids in stack_groups(self.stack_dir, self.k6_pid).items():
+            for group, pids in stack_groups(self.stack_dir, self.k6_pids).items():
                 total_rss = 0
                 for pid in pids:
                     sample = read_proc(pid)
@@ -254,20 +203,21 @@ def run_wrk(name, env, target, duration, stack_dir, out_dir, env_extra, db_url):
     import re
     per_request = SCENARIOS[name][2]
     tag = f"bench-{name}-{int(time.time())}"
-    script = out_dir / f"{name}.lua"
-    script.write_text(WRK_SCRIPT)
     env = {**os.environ, **env_extra, "RUN_TAG": tag, "WRK_BATCH": env["BATCH"], "WRK_THREADS": str(WRK_THREADS),
            "WRK_RATE": env.get("RATE", "0"), "WRK_SHAPE": env.get("SHAPE", "")}
     source = f"/wrk/{tag}"
     count_sql = f"SELECT count(*) FROM events WHERE source_id = (SELECT id FROM event_sources WHERE source = '{source}')"
+    rows_before = int(psql_value(db_url, "SELECT count(*) FROM events") or 0) if env_query_rate(name) else None
     sampler = Sampler(stack_dir)
     sampler.start()
     started = time.time()
     process = subprocess.Popen(["wrk", f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{duration}s", "--latency",
-                                "-s", str(script), f"{target}/v1/events"],
+                                "-s", str(WRK_DIR / "ingest.lua"), f"{target}/v1/events"],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    sampler.k6_pid = process.pid
+    readers = start_query_wrks(int(env_query_rate(name)), target, duration, env_extra) if env_query_rate(name) else []
+    sampler.k6_pids = [process.pid] + [reader.pid for reader in readers]
     output, _ = process.communicate()
+    query_outputs = [reader.communicate()[0] for reader in readers]
     load_seconds = time.time() - started
     # Stored: poll until the count has not grown for 3 s (at most 180 s after the load).
     stored, last_growth, still = 0, time.time(), 0
@@ -278,7 +228,7 @@ def run_wrk(name, env, target, duration, stack_dir, out_dir, env_extra, db_url):
         time.sleep(0.5)
     sampler.stop.set()
     sampler.join()
-    (out_dir / f"{name}-wrk.txt").write_text(output)
+    (out_dir / f"{name}-wrk.txt").write_text(output + "".join(query_outputs))
     requests = int(re.search(r"(\d+) requests in", output).group(1)) if re.search(r"(\d+) requests in", output) else 0
     non_2xx = int(re.search(r"Non-2xx or 3xx responses: (\d+)", output).group(1)) if "Non-2xx" in output else 0
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
@@ -287,21 +237,76 @@ def run_wrk(name, env, target, duration, stack_dir, out_dir, env_extra, db_url):
     rows, distinct = reconcile.stored_totals(db_url, source)
     lag = reconcile.lag_ms(db_url, source)
     stored_seconds = max((last_stored_at(db_url, source) or last_growth) - started, 1)
+    queries = query_results(query_outputs)
     return {
+        **queries,
         "scenario": name, "run_tag": tag, "seconds": round(load_seconds, 1), "tool": "wrk",
         "connections": WRK_CONNECTIONS, "requests": requests,
-        "failed_requests": non_2xx + socket_errors,
-        "refused_by_status": {"non-2xx": non_2xx, "socket errors": socket_errors} if non_2xx or socket_errors else {},
-        "dropped_iterations": "-",
+        "failed_requests": non_2xx + socket_errors + queries.get("query_errors", 0),
+        "refused_by_status": {name: count for name, count in (("non-2xx", non_2xx), ("socket errors", socket_errors),
+                                                              ("query errors", queries.get("query_errors", 0))) if count},
+        # For wrk-queries: queries sent behind their slot (k6 would have dropped or delayed them).
+        "dropped_iterations": queries.get("queries_late", "-"),
         "http_ms": {"med": wrk_ms(output, "50%"), "p(95)": "-", "p(99)": wrk_ms(output, "99%"),
                     "max": wrk_max_ms(output)},
-        "query_ms": None, "queries": None, "query_kinds_ms": {},
-        "processes": sampler.report(), "k6_exit": process.returncode, "rows_before": None,
+        "query_ms": queries.get("query_ms"), "queries": queries.get("queries"),
+        "query_kinds_ms": queries.get("query_kinds_ms", {}),
+        "processes": sampler.report(), "k6_exit": process.returncode, "rows_before": rows_before,
         "events_per_s_offered": int(env["WRK_RATE"]) * per_request if env["WRK_RATE"] != "0" else "closed loop",
         "events_per_s_accepted": round(accepted / max(load_seconds, 1)),
         "events_per_s_stored": round(stored / stored_seconds),
         "drain_after_load_s": round(max(stored_seconds - load_seconds, 0), 1),
         "reconcile": {**reconcile.by_count(accepted, rows, distinct), "lag_ms": lag},
+    }
+
+
+def env_query_rate(name):
+    """Queries/s a wrk scenario offers beside its ingest (0: none)."""
+    return int(SCENARIOS[name][1].get("QUERY_RATE", "0"))
+
+
+def start_query_wrks(rate, target, duration, env_extra):
+    """One paced wrk per filter shape, `rate` queries/s over all of them."""
+    readers = []
+    for index, kind in enumerate(QUERY_KINDS):
+        share = rate // len(QUERY_KINDS) + (1 if index < rate % len(QUERY_KINDS) else 0)
+        env = {**os.environ, **env_extra, "WRK_KIND": kind, "WRK_RATE": str(share), "WRK_THREADS": "1"}
+        readers.append(subprocess.Popen(
+            ["wrk", "-t1", f"-c{WRK_QUERY_CONNECTIONS}", f"-d{duration}s", "--latency",
+             "-s", str(WRK_DIR / "queries.lua"), f"{target}/v1/events"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return readers
+
+
+def query_results(outputs):
+    """The RESULT lines of loadtest/wrk/queries.lua: per shape, and over all shapes (the worst
+    shape's p99 and max; the median of the shapes' medians, as wrk keeps no shared histogram)."""
+    import re
+    kinds = {}
+    for output in outputs:
+        match = re.search(r"^RESULT (.*)$", output, re.M)
+        if not match:
+            kinds[f"unreported ({output.strip()[-200:]})"] = None
+            continue
+        fields = dict(pair.split("=", 1) for pair in match.group(1).split())
+        kinds[fields["kind"]] = {"med": float(fields["p50"]), "p(95)": "-", "p(99)": float(fields["p99"]),
+                                 "max": float(fields["max"]), "requests": int(fields["requests"]),
+                                 "late": int(fields["late"]), "behind_max_ms": float(fields["behind_max_ms"]),
+                                 "errors": int(fields["errors"])}
+    if not kinds:
+        return {}
+    reported = [k for k in kinds.values() if k]
+    if len(reported) < len(kinds):
+        return {"query_kinds_ms": kinds, "queries": sum(k["requests"] for k in reported),
+                "query_ms": {"med": "-", "p(95)": "-", "p(99)": "unreported", "max": "-"}}
+    medians = sorted(k["med"] for k in reported)
+    return {
+        "query_kinds_ms": kinds,
+        "queries": sum(k["requests"] for k in reported),
+        "queries_late": sum(k["late"] for k in reported),
+        "query_errors": sum(k["errors"] for k in reported),
+        "query_ms": {"med": medians[len(medians) // 2], "p(95)": "-",
+                     "p(99)": max(k["p(99)"] for k in reported), "max": max(k["max"] for k in reported)},
     }
 
 
@@ -335,7 +340,7 @@ def run_scenario(name, target, duration, stack_dir, out_dir, env_extra, db_url):
     sampler.start()
     started = time.time()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    sampler.k6_pid = process.pid
+    sampler.k6_pids = [process.pid]
     _, stderr = process.communicate()
     elapsed = time.time() - started
     time.sleep(3)  # let the consumers drain before sampling stops and reconciling starts
@@ -511,6 +516,10 @@ def markdown(results, peer_results, machine, date, note=""):
         lines += ["", f"wrk runs: {WRK_THREADS} threads, {WRK_CONNECTIONS} connections, unique events, a closed loop "
                       "unless an offered rate is shown (then paced to it, an open loop); "
                       "stored counted in PostgreSQL until it stopped growing; the \"k6\" column below is wrk."]
+        if any(r.get("query_kinds_ms") for r in wrk_runs):
+            lines += ["", f"wrk-queries: beside the ingest wrk, one wrk per filter shape ({WRK_QUERY_CONNECTIONS} "
+                          "connections, paced); its \"dropped iterations\" are the queries sent behind their slot, "
+                          "and its query p99 is the worst shape's."]
     drained = [r for r in results if "drain_after_load_s" in r]
     if drained:
         lines += ["", "Stored rate: the run's events over the time from its first request to its last row's `stored_at`. "
@@ -541,7 +550,8 @@ def markdown(results, peer_results, machine, date, note=""):
                 lines += ["", f"By filter shape ({result['scenario']}):", "",
                           "| filter | p50 / p95 / p99 / max (ms) |", "|---|---|"]
                 for kind, q in kinds.items():
-                    lines.append(f"| {kind} | {q['med']} / {q['p(95)']} / {q['p(99)']} / {q['max']} |")
+                    lines.append(f"| {kind} | {q['med']} / {q['p(95)']} / {q['p(99)']} / {q['max']} |" if q
+                                 else f"| {kind} | no result |")
     if peer_results:
         lines += ["", "Side by side with the peer (same scenarios, same machine):", "",
                   "| scenario | Warren events/s accepted | peer events/s accepted | ratio | Warren p99 ms | peer p99 ms |",
@@ -612,6 +622,11 @@ def main():
     (ROOT / "bench" / "results" / f"{date}.md").write_text(text)
     print(text)
     print(f"written: bench/results/{date}.md and .json", file=sys.stderr)
+    # A query generator that reported nothing is a broken benchmark, not a slow one.
+    broken = [f"{r['scenario']}: {kind}" for r in results if r.get("tool") == "wrk"
+              for kind, figures in (r.get("query_kinds_ms") or {}).items() if not figures or not figures["requests"]]
+    if broken:
+        sys.exit("bench: query generators that answered no query: " + "; ".join(broken))
 
 
 if __name__ == "__main__":
