@@ -214,7 +214,7 @@ def run_wrk(name, env, target, duration, stack_dir, out_dir, env_extra, db_url):
     process = subprocess.Popen(["wrk", f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{duration}s", "--latency",
                                 "-s", str(WRK_DIR / "ingest.lua"), f"{target}/v1/events"],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    readers = start_query_wrks(int(env_query_rate(name)), target, duration, env_extra) if env_query_rate(name) else []
+    readers = start_query_wrks(env_query_rate(name), target, duration, env_extra) if env_query_rate(name) else []
     sampler.k6_pids = [process.pid] + [reader.pid for reader in readers]
     output, _ = process.communicate()
     query_outputs = [reader.communicate()[0] for reader in readers]
@@ -243,8 +243,8 @@ def run_wrk(name, env, target, duration, stack_dir, out_dir, env_extra, db_url):
         "scenario": name, "run_tag": tag, "seconds": round(load_seconds, 1), "tool": "wrk",
         "connections": WRK_CONNECTIONS, "requests": requests,
         "failed_requests": non_2xx + socket_errors + queries.get("query_errors", 0),
-        "refused_by_status": {name: count for name, count in (("non-2xx", non_2xx), ("socket errors", socket_errors),
-                                                              ("query errors", queries.get("query_errors", 0))) if count},
+        "refused_by_status": {label: count for label, count in (("non-2xx", non_2xx), ("socket errors", socket_errors),
+                                                                ("query errors", queries.get("query_errors", 0))) if count},
         # For wrk-queries: queries sent behind their slot (k6 would have dropped or delayed them).
         "dropped_iterations": queries.get("queries_late", "-"),
         "http_ms": {"med": wrk_ms(output, "50%"), "p(95)": "-", "p(99)": wrk_ms(output, "99%"),
