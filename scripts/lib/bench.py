@@ -239,7 +239,6 @@ def run_wrk(name, env, target, duration, stack_dir, out_dir, env_extra, db_url):
     stored_seconds = max((last_stored_at(db_url, source) or last_growth) - started, 1)
     queries = query_results(query_outputs)
     return {
-        **queries,
         "scenario": name, "run_tag": tag, "seconds": round(load_seconds, 1), "tool": "wrk",
         "connections": WRK_CONNECTIONS, "requests": requests,
         "failed_requests": non_2xx + socket_errors + queries.get("query_errors", 0),
@@ -250,7 +249,7 @@ def run_wrk(name, env, target, duration, stack_dir, out_dir, env_extra, db_url):
         "http_ms": {"med": wrk_ms(output, "50%"), "p(95)": "-", "p(99)": wrk_ms(output, "99%"),
                     "max": wrk_max_ms(output)},
         "query_ms": queries.get("query_ms"), "queries": queries.get("queries"),
-        "query_kinds_ms": queries.get("query_kinds_ms", {}),
+        "query_kinds_ms": queries.get("query_kinds_ms", {}), "query_errors": queries.get("query_errors"),
         "processes": sampler.report(), "k6_exit": process.returncode, "rows_before": rows_before,
         "events_per_s_offered": int(env["WRK_RATE"]) * per_request if env["WRK_RATE"] != "0" else "closed loop",
         "events_per_s_accepted": round(accepted / max(load_seconds, 1)),
