@@ -1,11 +1,15 @@
 //! The consumer's operator subcommands other than serving: `dlq list`, `dlq replay` and
 //! `teardown`.
 
+use std::time::Duration;
+
 use lapin::ConnectionProperties;
 use service_runtime::config::{amqp_url, Settings};
 use service_runtime::topology::Topology;
 
 use crate::config::ConsumerConfig;
+use crate::db::DbError;
+use crate::deliver::{queues, store};
 use crate::write::dead_letter::admin;
 
 /// Usage of the `dlq` subcommand.
@@ -46,9 +50,14 @@ pub fn parse_dlq(args: &[String]) -> Result<DlqCommand, UsageError> {
     }
 }
 
-/// `consumer teardown [--force]`: deletes the queues and exchanges of `WARREN_AMQP_PREFIX`, so
-/// scripts and test stacks leave nothing behind on a shared broker. Needs only the AMQP settings.
-/// Without `--force` a queue that still holds messages is kept and the command fails.
+/// How long teardown waits for the database that lists the subscriptions.
+const SUBSCRIPTION_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `consumer teardown [--force]`: deletes the queues and exchanges of `WARREN_AMQP_PREFIX`, with
+/// the queues of the subscriptions stored in `WARREN_DATABASE_URL`'s database, so scripts and test
+/// stacks leave nothing behind on a shared broker. The rows stay: dropping the database is the
+/// operator's call. Without `--force` a queue that still holds messages is kept and the command
+/// fails. A database it cannot read is reported and the rest is still removed.
 pub async fn run_teardown(args: &[String]) -> anyhow::Result<()> {
     let force = match args {
         [] => false,
@@ -58,16 +67,51 @@ pub async fn run_teardown(args: &[String]) -> anyhow::Result<()> {
     let settings = Settings::from_env();
     let url = amqp_url(&settings)?;
     let topology = Topology::from_settings(&settings)?;
+    let database_url = ConsumerConfig::database_url(&settings)?;
+    let looked_up = tokio::time::timeout(
+        SUBSCRIPTION_LOOKUP_TIMEOUT,
+        subscription_queues(database_url.expose(), &topology),
+    )
+    .await
+    .map_err(|_| format!("no answer in {SUBSCRIPTION_LOOKUP_TIMEOUT:?}"))
+    .and_then(|found| found.map_err(|error| error.to_string()));
+    let subscription_queues = match looked_up {
+        Ok(queues) => queues,
+        Err(why) => {
+            eprintln!(
+                "warning: subscriptions' queues not removed, their database could not be read \
+                 ({why}); delete those subscriptions through the API"
+            );
+            Vec::new()
+        }
+    };
     let (connection, _) =
         service_runtime::amqp::connect(&url, ConnectionProperties::default()).await?;
-    let removed = topology.remove(&connection, force).await;
+    let removed = topology
+        .remove_with(&connection, &subscription_queues, force)
+        .await;
     service_runtime::amqp::close(&connection, "teardown done").await;
     removed?;
     println!(
-        "removed the queues and exchanges of prefix {}",
-        topology.prefix()
+        "removed the queues and exchanges of prefix {} ({} subscription queue(s))",
+        topology.prefix(),
+        subscription_queues.len()
     );
     Ok(())
+}
+
+/// The queues of the subscriptions stored in `database_url`'s database, under `topology`'s
+/// prefix: what removing a prefix deletes besides the store's own.
+pub async fn subscription_queues(
+    database_url: &str,
+    topology: &Topology,
+) -> Result<Vec<String>, DbError> {
+    let mut conn = crate::db::connect(database_url).await?;
+    let ids = store::ids(&mut conn).await?;
+    Ok(ids
+        .into_iter()
+        .map(|id| queues::queue_name(topology, id))
+        .collect())
 }
 
 /// Runs a `dlq` command and prints its report.

@@ -305,7 +305,20 @@ impl Topology {
     /// mistyped prefix cannot throw events away. (Quorum queues do not support `if-empty` on
     /// delete, so the check is a passive declare just before.) Names that do not exist are fine.
     pub async fn remove(&self, connection: &Connection, force: bool) -> Result<(), RemoveError> {
-        let mut queues = vec![self.store_queue(), self.dead_letter_queue()];
+        self.remove_with(connection, &[], force).await
+    }
+
+    /// [`Self::remove`], and first the queues `others` names: those other roles declared under
+    /// this prefix (a subscription's), which the topology alone cannot list, since AMQP has no
+    /// way to enumerate queues.
+    pub async fn remove_with(
+        &self,
+        connection: &Connection,
+        others: &[String],
+        force: bool,
+    ) -> Result<(), RemoveError> {
+        let mut queues = others.to_vec();
+        queues.extend([self.store_queue(), self.dead_letter_queue()]);
         if self.shards > 1 {
             queues.extend(self.store_queues());
         }

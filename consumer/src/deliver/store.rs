@@ -210,6 +210,31 @@ pub async fn list(
     Ok(subscriptions(rows, secrets))
 }
 
+/// The ids of every subscription; none when the table is not there (a database never migrated).
+pub async fn ids(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Uuid>> {
+    #[derive(diesel::QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = SqlUuid)]
+        id: Uuid,
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Present {
+        #[diesel(sql_type = Bool)]
+        present: bool,
+    }
+    let table: Present =
+        diesel::sql_query("SELECT to_regclass('subscriptions') IS NOT NULL AS present")
+            .get_result(conn)
+            .await?;
+    if !table.present {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<Id> = diesel::sql_query("SELECT id FROM subscriptions")
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().map(|row| row.id).collect())
+}
+
 /// Deletes a subscription with its retries, dead letters and replays; whether it existed.
 pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool> {
     let deleted = diesel::sql_query("DELETE FROM subscriptions WHERE id = $1")

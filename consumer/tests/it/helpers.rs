@@ -479,7 +479,11 @@ impl Drop for TestApp {
 
 async fn remove_resources(prefix: &str, shards: u16, db_name: &str) {
     let topology = service_runtime::topology::Topology::new(prefix.to_owned()).with_shards(shards);
-    let subscriptions = subscription_ids(db_name).await;
+    // The subscriptions a test left, so their queues go with it.
+    let subscription_queues =
+        consumer::cli::subscription_queues(&format!("{}/{db_name}", postgres_base()), &topology)
+            .await
+            .unwrap_or_default();
     // Bounded: a lapin future whose broker dropped the socket may never resolve, and the
     // database below must still go.
     let remove_from_broker = async {
@@ -488,15 +492,9 @@ async fn remove_resources(prefix: &str, shards: u16, db_name: &str) {
         else {
             return;
         };
-        for id in subscriptions {
-            if let Ok(channel) = connection.create_channel().await {
-                let queue = consumer::deliver::queues::queue_name(&topology, id);
-                let _ = channel
-                    .queue_delete(queue.as_str().into(), Default::default())
-                    .await;
-            }
-        }
-        let _ = topology.remove(&connection, true).await;
+        let _ = topology
+            .remove_with(&connection, &subscription_queues, true)
+            .await;
         service_runtime::amqp::close(&connection, "cleanup").await;
     };
     if tokio::time::timeout(Duration::from_secs(30), remove_from_broker)
@@ -512,23 +510,6 @@ async fn remove_resources(prefix: &str, shards: u16, db_name: &str) {
         .execute(&mut admin)
         .await;
     }
-}
-
-/// The subscriptions a test left, so their queues go with it.
-async fn subscription_ids(db_name: &str) -> Vec<uuid::Uuid> {
-    #[derive(diesel::QueryableByName)]
-    struct Id {
-        #[diesel(sql_type = diesel::sql_types::Uuid)]
-        id: uuid::Uuid,
-    }
-    let Ok(mut db) = consumer::db::connect(&format!("{}/{db_name}", postgres_base())).await else {
-        return Vec::new();
-    };
-    diesel::sql_query("SELECT id FROM subscriptions")
-        .load::<Id>(&mut db)
-        .await
-        .map(|ids| ids.into_iter().map(|row| row.id).collect())
-        .unwrap_or_default()
 }
 
 /// A valid structured event with a unique id.
