@@ -125,8 +125,33 @@ def read_proc(pid):
         return None
 
 
+def machine_cpu():
+    """The whole machine's CPU seconds so far (/proc/stat, summed over cores): busy (user, nice,
+    system, interrupts), steal (taken by the hypervisor for other guests) and idle (with iowait)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    return {"busy": (user + nice + system + irq + softirq) / TICK, "steal": steal / TICK, "idle": (idle + iowait) / TICK}
+
+
+def cpu_probe_ms():
+    """Milliseconds a fixed single-threaded loop takes (the best of three), run just before a
+    scenario while the stack is idle: how fast this VM's core is at that moment, since a shared
+    VM's speed drifts between runs minutes apart and the tail latencies follow it."""
+    best = None
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(2_000_000):
+            total += i * i % 7
+        elapsed = (time.perf_counter() - started) * 1000
+        best = elapsed if best is None else min(best, elapsed)
+    return round(best, 1)
+
+
 class Sampler(threading.Thread):
-    """Peak RSS (summed over a group's processes) and CPU seconds used during the run."""
+    """Peak RSS (summed over a group's processes) and CPU seconds used during the run, and the
+    whole machine's busy, steal and idle seconds over the same time."""
 
     def __init__(self, stack_dir):
         super().__init__(daemon=True)
@@ -136,8 +161,11 @@ class Sampler(threading.Thread):
         self.first_cpu = {}
         self.last_cpu = {}
         self.peak_rss = {}
+        self.machine_start = None
+        self.machine_end = None
 
     def run(self):
+        self.machine_start = machine_cpu()
         while not self.stop.is_set():
             for group, pids in stack_groups(self.stack_dir, self.k6_pids).items():
                 total_rss = 0
@@ -152,6 +180,7 @@ class Sampler(threading.Thread):
                     self.last_cpu[key] = cpu
                 self.peak_rss[group] = max(self.peak_rss.get(group, 0), total_rss)
             time.sleep(0.5)
+        self.machine_end = machine_cpu()
 
     def report(self):
         cpu = {}
@@ -160,6 +189,12 @@ class Sampler(threading.Thread):
         return {group: {"peak_rss_mib": round(self.peak_rss.get(group, 0) / 2**20, 1),
                         "cpu_seconds": round(cpu.get(group, 0.0), 1)}
                 for group in sorted(set(self.peak_rss) | set(cpu))}
+
+    def machine(self):
+        """The machine's busy, steal and idle CPU seconds between start and stop."""
+        if not (self.machine_start and self.machine_end):
+            return {}
+        return {kind: round(self.machine_end[kind] - self.machine_start[kind], 1) for kind in self.machine_start}
 
 
 def psql_value(db_url, sql):
@@ -208,6 +243,7 @@ def run_wrk(name, env, target, duration, stack_dir, out_dir, env_extra, db_url):
     source = f"/wrk/{tag}"
     count_sql = f"SELECT count(*) FROM events WHERE source_id = (SELECT id FROM event_sources WHERE source = '{source}')"
     rows_before = int(psql_value(db_url, "SELECT count(*) FROM events") or 0) if env_query_rate(name) else None
+    probe_ms = cpu_probe_ms()
     sampler = Sampler(stack_dir)
     sampler.start()
     started = time.time()
@@ -250,7 +286,8 @@ def run_wrk(name, env, target, duration, stack_dir, out_dir, env_extra, db_url):
                     "max": wrk_max_ms(output)},
         "query_ms": queries.get("query_ms"), "queries": queries.get("queries"),
         "query_kinds_ms": queries.get("query_kinds_ms", {}), "query_errors": queries.get("query_errors"),
-        "processes": sampler.report(), "k6_exit": process.returncode, "rows_before": rows_before,
+        "processes": sampler.report(), "machine_cpu_s": sampler.machine(), "cpu_probe_ms": probe_ms,
+        "k6_exit": process.returncode, "rows_before": rows_before,
         "events_per_s_offered": int(env["WRK_RATE"]) * per_request if env["WRK_RATE"] != "0" else "closed loop",
         "events_per_s_accepted": round(accepted / max(load_seconds, 1)),
         "events_per_s_stored": round(stored / stored_seconds),
@@ -335,6 +372,7 @@ def run_scenario(name, target, duration, stack_dir, out_dir, env_extra, db_url):
         count = subprocess.run(["psql", db_url, "-Atc", "SELECT count(*) FROM events"], capture_output=True, text=True)
         rows_before = int(count.stdout) if count.returncode == 0 and count.stdout.strip().isdigit() else None
     log_offsets = {path: path.stat().st_size for path in (pathlib.Path(stack_dir) / "logs").glob("*.log")}
+    probe_ms = cpu_probe_ms()
     sampler = Sampler(stack_dir)
     sampler.start()
     started = time.time()
@@ -365,7 +403,7 @@ def run_scenario(name, target, duration, stack_dir, out_dir, env_extra, db_url):
         # Per filter shape (queries.js tags each request with its kind).
         "query_kinds_ms": {key[len("http_req_duration{kind:"):-1]: {k: round(metric(key, k), 2) for k in ("med", "p(95)", "p(99)", "max")}
                            for key in sorted(metrics) if key.startswith("http_req_duration{kind:")},
-        "processes": sampler.report(),
+        "processes": sampler.report(), "machine_cpu_s": sampler.machine(), "cpu_probe_ms": probe_ms,
         "k6_exit": process.returncode,
         "rows_before": rows_before,
     }
@@ -525,14 +563,21 @@ def markdown(results, peer_results, machine, date, note=""):
                       "Drain after the load (last row stored minus end of load): "
                   + ", ".join(f"{r['scenario']} {r['drain_after_load_s']} s" for r in drained)
                   + " (a drain of more than a second or two means the queue grew: accepted faster than stored)."]
-    lines += ["", "Peak RSS (MiB) and CPU seconds per process group, per scenario:", "",
-              "| scenario | " + " | ".join(["gateway", "consumer", "nginx", "rabbitmq", "postgres", "k6"]) + " |",
-              "|---|" + "---|" * 6]
+    lines += ["", "Peak RSS (MiB) and CPU seconds per process group, per scenario; then the whole machine's "
+                  "CPU seconds over the same time (busy / taken by the hypervisor / idle) and the CPU probe: "
+                  "milliseconds a fixed single-threaded loop took just before the scenario, with the stack idle "
+                  "(higher is a slower core at that moment):", "",
+              "| scenario | " + " | ".join(["gateway", "consumer", "nginx", "rabbitmq", "postgres", "k6"])
+              + " | machine busy / steal / idle (s) | probe (ms) |",
+              "|---|" + "---|" * 8]
     for result in results:
         cells = []
         for group in ["gateway", "consumer", "nginx", "rabbitmq", "postgres", "k6"]:
             process = result["processes"].get(group, {})
             cells.append(f"{process.get('peak_rss_mib', '-')} MiB / {process.get('cpu_seconds', '-')} s")
+        machine_cpu = result.get("machine_cpu_s") or {}
+        cells.append(" / ".join(str(machine_cpu.get(kind, "-")) for kind in ("busy", "steal", "idle")))
+        cells.append(str(result.get("cpu_probe_ms", "-")))
         lines.append(f"| {result['scenario']} | " + " | ".join(cells) + " |")
     with_queries = [r for r in results if r.get("query_ms")]
     if with_queries:
