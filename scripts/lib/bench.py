@@ -150,11 +150,13 @@ def cpu_probe_ms():
 
 
 class Sampler(threading.Thread):
-    """Peak RSS (summed over a group's processes) and CPU seconds used during the run, and the
-    whole machine's busy, steal and idle seconds over the same time."""
+    """Peak RSS (summed over a group's processes) and CPU seconds used during the run, the whole
+    machine's busy, steal and idle seconds over the same time, and the CPU probe taken when it is
+    made (before the load starts)."""
 
     def __init__(self, stack_dir):
         super().__init__(daemon=True)
+        self.probe_ms = cpu_probe_ms()
         self.stack_dir = stack_dir
         self.k6_pids = []  # the load generator's processes
         self.stop = threading.Event()
@@ -191,10 +193,12 @@ class Sampler(threading.Thread):
                 for group in sorted(set(self.peak_rss) | set(cpu))}
 
     def machine(self):
-        """The machine's busy, steal and idle CPU seconds between start and stop."""
-        if not (self.machine_start and self.machine_end):
-            return {}
-        return {kind: round(self.machine_end[kind] - self.machine_start[kind], 1) for kind in self.machine_start}
+        """The results' `machine_cpu_s` (busy, steal and idle CPU seconds between start and stop)
+        and `cpu_probe_ms`."""
+        spent = {}
+        if self.machine_start and self.machine_end:
+            spent = {kind: round(self.machine_end[kind] - self.machine_start[kind], 1) for kind in self.machine_start}
+        return {"machine_cpu_s": spent, "cpu_probe_ms": self.probe_ms}
 
 
 def psql_value(db_url, sql):
@@ -243,7 +247,6 @@ def run_wrk(name, env, target, duration, stack_dir, out_dir, env_extra, db_url):
     source = f"/wrk/{tag}"
     count_sql = f"SELECT count(*) FROM events WHERE source_id = (SELECT id FROM event_sources WHERE source = '{source}')"
     rows_before = int(psql_value(db_url, "SELECT count(*) FROM events") or 0) if env_query_rate(name) else None
-    probe_ms = cpu_probe_ms()
     sampler = Sampler(stack_dir)
     sampler.start()
     started = time.time()
@@ -286,8 +289,7 @@ def run_wrk(name, env, target, duration, stack_dir, out_dir, env_extra, db_url):
                     "max": wrk_max_ms(output)},
         "query_ms": queries.get("query_ms"), "queries": queries.get("queries"),
         "query_kinds_ms": queries.get("query_kinds_ms", {}), "query_errors": queries.get("query_errors"),
-        "processes": sampler.report(), "machine_cpu_s": sampler.machine(), "cpu_probe_ms": probe_ms,
-        "k6_exit": process.returncode, "rows_before": rows_before,
+        "processes": sampler.report(), **sampler.machine(), "k6_exit": process.returncode, "rows_before": rows_before,
         "events_per_s_offered": int(env["WRK_RATE"]) * per_request if env["WRK_RATE"] != "0" else "closed loop",
         "events_per_s_accepted": round(accepted / max(load_seconds, 1)),
         "events_per_s_stored": round(stored / stored_seconds),
@@ -372,7 +374,6 @@ def run_scenario(name, target, duration, stack_dir, out_dir, env_extra, db_url):
         count = subprocess.run(["psql", db_url, "-Atc", "SELECT count(*) FROM events"], capture_output=True, text=True)
         rows_before = int(count.stdout) if count.returncode == 0 and count.stdout.strip().isdigit() else None
     log_offsets = {path: path.stat().st_size for path in (pathlib.Path(stack_dir) / "logs").glob("*.log")}
-    probe_ms = cpu_probe_ms()
     sampler = Sampler(stack_dir)
     sampler.start()
     started = time.time()
@@ -403,7 +404,7 @@ def run_scenario(name, target, duration, stack_dir, out_dir, env_extra, db_url):
         # Per filter shape (queries.js tags each request with its kind).
         "query_kinds_ms": {key[len("http_req_duration{kind:"):-1]: {k: round(metric(key, k), 2) for k in ("med", "p(95)", "p(99)", "max")}
                            for key in sorted(metrics) if key.startswith("http_req_duration{kind:")},
-        "processes": sampler.report(), "machine_cpu_s": sampler.machine(), "cpu_probe_ms": probe_ms,
+        "processes": sampler.report(), **sampler.machine(),
         "k6_exit": process.returncode,
         "rows_before": rows_before,
     }
