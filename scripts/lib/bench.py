@@ -149,15 +149,33 @@ def cpu_probe_ms():
     return round(best, 1)
 
 
+WAL_SQL = ("SELECT wal_records, wal_fpi, wal_bytes, checkpoints_timed + checkpoints_req "
+           "FROM pg_stat_wal, pg_stat_bgwriter")
+
+
+def postgres_wal(db_url):
+    """PostgreSQL's WAL counters so far (the whole server's): records, full-page images, bytes and
+    checkpoints; None when they cannot be read."""
+    value = psql_value(db_url, WAL_SQL) if db_url else None
+    try:
+        records, images, written, checkpoints = (int(part) for part in value.split("|"))
+    except (AttributeError, ValueError):
+        return None
+    return {"records": records, "full_page_images": images, "bytes": written, "checkpoints": checkpoints}
+
+
 class Sampler(threading.Thread):
     """Peak RSS (summed over a group's processes) and CPU seconds used during the run, the whole
-    machine's busy, steal and idle seconds over the same time, and the CPU probe taken when it is
-    made (before the load starts)."""
+    machine's busy, steal and idle seconds over the same time, PostgreSQL's WAL written over it,
+    and the CPU probe taken when it is made (before the load starts)."""
 
-    def __init__(self, stack_dir):
+    def __init__(self, stack_dir, db_url=None):
         super().__init__(daemon=True)
         self.probe_ms = cpu_probe_ms()
         self.stack_dir = stack_dir
+        self.db_url = db_url
+        self.wal_start = None
+        self.wal_end = None
         self.k6_pids = []  # the load generator's processes
         self.stop = threading.Event()
         self.first_cpu = {}
@@ -168,6 +186,7 @@ class Sampler(threading.Thread):
 
     def run(self):
         self.machine_start = machine_cpu()
+        self.wal_start = postgres_wal(self.db_url)
         while not self.stop.is_set():
             for group, pids in stack_groups(self.stack_dir, self.k6_pids).items():
                 total_rss = 0
@@ -183,6 +202,7 @@ class Sampler(threading.Thread):
                 self.peak_rss[group] = max(self.peak_rss.get(group, 0), total_rss)
             time.sleep(0.5)
         self.machine_end = machine_cpu()
+        self.wal_end = postgres_wal(self.db_url)
 
     def report(self):
         cpu = {}
@@ -193,12 +213,15 @@ class Sampler(threading.Thread):
                 for group in sorted(set(self.peak_rss) | set(cpu))}
 
     def machine(self):
-        """The results' `machine_cpu_s` (busy, steal and idle CPU seconds between start and stop)
-        and `cpu_probe_ms`."""
+        """The results' `machine_cpu_s` (busy, steal and idle CPU seconds between start and stop),
+        `cpu_probe_ms` and `postgres_wal` (what the server's WAL counters grew by)."""
         spent = {}
         if self.machine_start and self.machine_end:
             spent = {kind: round(self.machine_end[kind] - self.machine_start[kind], 1) for kind in self.machine_start}
-        return {"machine_cpu_s": spent, "cpu_probe_ms": self.probe_ms}
+        wal = None
+        if self.wal_start and self.wal_end:
+            wal = {key: self.wal_end[key] - self.wal_start[key] for key in self.wal_start}
+        return {"machine_cpu_s": spent, "cpu_probe_ms": self.probe_ms, "postgres_wal": wal}
 
 
 def psql_value(db_url, sql):
@@ -247,7 +270,7 @@ def run_wrk(name, env, target, duration, stack_dir, out_dir, env_extra, db_url):
     source = f"/wrk/{tag}"
     count_sql = f"SELECT count(*) FROM events WHERE source_id = (SELECT id FROM event_sources WHERE source = '{source}')"
     rows_before = int(psql_value(db_url, "SELECT count(*) FROM events") or 0) if env_query_rate(name) else None
-    sampler = Sampler(stack_dir)
+    sampler = Sampler(stack_dir, db_url)
     sampler.start()
     started = time.time()
     process = subprocess.Popen(["wrk", f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{duration}s", "--latency",
@@ -292,7 +315,7 @@ def run_wrk(name, env, target, duration, stack_dir, out_dir, env_extra, db_url):
         "processes": sampler.report(), **sampler.machine(), "k6_exit": process.returncode, "rows_before": rows_before,
         "events_per_s_offered": int(env["WRK_RATE"]) * per_request if env["WRK_RATE"] != "0" else "closed loop",
         "events_per_s_accepted": round(accepted / max(load_seconds, 1)),
-        "events_per_s_stored": round(stored / stored_seconds),
+        "events_per_s_stored": round(stored / stored_seconds), "events_stored": stored,
         "drain_after_load_s": round(max(stored_seconds - load_seconds, 0), 1),
         "reconcile": {**reconcile.by_count(accepted, rows, distinct), "lag_ms": lag},
     }
@@ -374,7 +397,7 @@ def run_scenario(name, target, duration, stack_dir, out_dir, env_extra, db_url):
         count = subprocess.run(["psql", db_url, "-Atc", "SELECT count(*) FROM events"], capture_output=True, text=True)
         rows_before = int(count.stdout) if count.returncode == 0 and count.stdout.strip().isdigit() else None
     log_offsets = {path: path.stat().st_size for path in (pathlib.Path(stack_dir) / "logs").glob("*.log")}
-    sampler = Sampler(stack_dir)
+    sampler = Sampler(stack_dir, db_url)
     sampler.start()
     started = time.time()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -432,6 +455,7 @@ def run_scenario(name, target, duration, stack_dir, out_dir, env_extra, db_url):
             stored_after = (last_stored or time.time()) - started
             result["events_per_s_accepted"] = round(reconciled["accepted"] / max(elapsed, 1))
             result["events_per_s_stored"] = round(reconciled["stored"] / max(stored_after, 1))
+            result["events_stored"] = reconciled["stored"]
             result["drain_after_load_s"] = round(max(stored_after - elapsed, 0), 1)
     else:
         accepted = sum(int(line.split()[-1]) for line in log.read_text(errors="replace").splitlines()
@@ -580,6 +604,18 @@ def markdown(results, peer_results, machine, date, note=""):
         cells.append(" / ".join(str(machine_cpu.get(kind, "-")) for kind in ("busy", "steal", "idle")))
         cells.append(str(result.get("cpu_probe_ms", "-")))
         lines.append(f"| {result['scenario']} | " + " | ".join(cells) + " |")
+    with_wal = [r for r in results if r.get("postgres_wal")]
+    if with_wal:
+        lines += ["", "PostgreSQL's WAL over each scenario (the server's counters, every database: the benchmark's "
+                      "is the only one writing); full-page images are the first change to a page after a checkpoint:", "",
+                  "| scenario | WAL written (MB) | records | full-page images | checkpoints | WAL bytes per event stored |",
+                  "|---|---|---|---|---|---|"]
+        for result in with_wal:
+            wal = result["postgres_wal"]
+            stored = result.get("events_stored") or 0
+            per_event = round(wal["bytes"] / stored) if stored else "-"
+            lines.append(f"| {result['scenario']} | {wal['bytes'] / 1e6:.1f} | {wal['records']} | {wal['full_page_images']} | "
+                         f"{wal['checkpoints']} | {per_event} |")
     with_queries = [r for r in results if r.get("query_ms")]
     if with_queries:
         lines += ["", "Read API (`GET /v1/events` with a filter, limit 50) during the run:", "",
