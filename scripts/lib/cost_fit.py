@@ -10,7 +10,8 @@ For every group, a least-squares fit of its CPU-seconds over each run's window a
 while busy whatever the rate (timers, polling, fsync cycles, batches that fill with time rather
 than events), the per-event figure what one more event costs. The machine's busy time gets the
 same fit, and from it the rate at which the machine's cores would be full. The window is the
-machine's CPU-seconds (busy, stolen and idle) over the scenario divided by its core count.
+machine's CPU-seconds (busy, stolen and idle) over the scenario divided by its core count (from
+the results' machine line).
 
 Only sustained runs are fitted: a run whose queue drained for more than DRAIN_LIMIT_S after the
 load was storing slower than it accepted, and a machine that full runs its processes at a cost
@@ -18,6 +19,7 @@ load was storing slower than it accepted, and a machine that full runs its proce
 """
 import json
 import os
+import re
 import sys
 
 GROUPS = ("postgres", "rabbitmq", "gateway", "consumer", "nginx", "k6")
@@ -25,12 +27,18 @@ LABELS = {"k6": "load generator"}
 DRAIN_LIMIT_S = 2.0
 
 
+def machine_cores(data):
+    """The cores of the machine that ran the results (their `machine` line), else this one's."""
+    found = re.match(r"(\d+) cores", data.get("machine", ""))
+    return int(found.group(1)) if found else os.cpu_count() or 1
+
+
 def load(path):
     with open(path) as results:
         data = json.load(results)
     result = data["results"][0]
     machine = result["machine_cpu_s"]
-    cores = os.cpu_count() or 1
+    cores = machine_cores(data)
     return {
         "file": os.path.basename(path).removesuffix(".json"),
         "scenario": result["scenario"],
@@ -39,6 +47,7 @@ def load(path):
         "events": result["events_stored"],
         "drain": result["drain_after_load_s"],
         "probe": result.get("cpu_probe_ms"),
+        "cores": cores,
         "window": (machine["busy"] + machine["steal"] + machine["idle"]) / cores,
         "cpu": {**{group: result["processes"].get(group, {}).get("cpu_seconds", 0.0) for group in GROUPS},
                 "machine busy": machine["busy"]},
@@ -67,6 +76,8 @@ def main(paths):
     runs = [load(path) for path in paths]
     if len({run["scenario"] for run in runs}) != 1:
         raise SystemExit("every results file must hold the same scenario")
+    if len({run["cores"] for run in runs}) != 1:
+        raise SystemExit("every results file must come from a machine with the same number of cores")
     sustained = [run for run in runs if run["drain"] <= DRAIN_LIMIT_S]
     if len(sustained) < 2:
         raise SystemExit(f"fewer than two runs drained within {DRAIN_LIMIT_S} s: nothing sustained to fit")
@@ -86,7 +97,7 @@ def main(paths):
         floor, per_event, worst = fit(sustained, group)
         fits[group] = (floor, per_event)
         print(f"| {LABELS.get(group, group)} | {floor:.3f} | {per_event * 1e6:.1f} | {worst:.2f} |")
-    cores = os.cpu_count() or 1
+    cores = runs[0]["cores"]
     floor, per_event = fits["machine busy"]
     print()
     print(f"The machine's {cores} cores are full at about {(cores - floor) / per_event:,.0f} events/s "
