@@ -312,7 +312,12 @@ async fn session(
             break Err(SessionError::ConnectionLost);
         }
         for subscription in snapshot.values() {
-            if subscription.spec.status != Status::Active || running.contains_key(&subscription.id)
+            // A consumer that stopped for a 410 or a missing queue waits for the snapshot to show
+            // the pause (or the change that declares the queue again), not for the next round:
+            // restarting it from a snapshot read before the pause would attempt the next event.
+            if subscription.spec.status != Status::Active
+                || running.contains_key(&subscription.id)
+                || paused_here.contains_key(&subscription.id)
             {
                 continue;
             }
