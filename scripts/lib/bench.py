@@ -63,7 +63,11 @@ WRK_QUERY_CONNECTIONS = 16
 # Events/s that batch and wrk-batch-rate offer instead of their 40 000 (--batch-rate), to find
 # the rate storage sustains; set by main().
 BATCH_RATE = None
+# Single events/s wrk-single offers, paced, instead of its closed loop (--single-rate); set by main().
+SINGLE_RATE = None
 
+# wrk's connections for the ingest scenarios (--wrk-connections): a closed loop at 64 connections
+# is bounded by its latency (64 requests in flight), not by the stack's capacity.
 WRK_CONNECTIONS = 64
 WRK_THREADS = 2
 
@@ -375,6 +379,8 @@ def run_scenario(name, target, duration, stack_dir, out_dir, env_extra, db_url):
     script, env, per_request, _ = SCENARIOS[name]
     if name in ("batch", "wrk-batch-rate") and BATCH_RATE:
         env = {**env, "RATE": str(BATCH_RATE // 100)}
+    if name == "wrk-single" and SINGLE_RATE:
+        env = {**env, "RATE": str(SINGLE_RATE)}
     if script == "wrk":
         return run_wrk(name, env, target, duration, stack_dir, out_dir, env_extra, db_url)
     tag = f"bench-{name}-{int(time.time())}"
@@ -645,6 +651,7 @@ def markdown(results, peer_results, machine, date, note=""):
 
 
 def main():
+    global SINGLE_RATE, WRK_CONNECTIONS
     parser = argparse.ArgumentParser()
     parser.add_argument("--target", required=True)
     parser.add_argument("--peer")
@@ -654,7 +661,16 @@ def main():
     parser.add_argument("--scenarios", default="batch,single,mixed,spike")
     parser.add_argument("--note", default="", help="what sets this run apart, written into the results")
     parser.add_argument("--batch-rate", type=int, help="events/s batch and wrk-batch-rate offer (a multiple of 100)")
+    parser.add_argument("--single-rate", type=int, help="single events/s wrk-single offers, paced")
+    parser.add_argument("--wrk-connections", type=int, default=WRK_CONNECTIONS, help="wrk's connections for ingest")
     args = parser.parse_args()
+    if args.single_rate is not None:
+        if not 100 <= args.single_rate <= 200_000:
+            sys.exit("--single-rate is 100 to 200000 events/s")
+        SINGLE_RATE = args.single_rate
+    if not 2 <= args.wrk_connections <= 1024:
+        sys.exit("--wrk-connections is 2 to 1024")
+    WRK_CONNECTIONS = args.wrk_connections
     if args.batch_rate is not None:
         if not (100 <= args.batch_rate <= 200_000 and args.batch_rate % 100 == 0):
             sys.exit("--batch-rate is a multiple of 100 from 100 to 200000 events/s")
