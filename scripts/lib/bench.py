@@ -651,7 +651,7 @@ def markdown(results, peer_results, machine, date, note=""):
 
 
 def main():
-    global SINGLE_RATE, WRK_CONNECTIONS
+    global BATCH_RATE, SINGLE_RATE, WRK_CONNECTIONS
     parser = argparse.ArgumentParser()
     parser.add_argument("--target", required=True)
     parser.add_argument("--peer")
@@ -674,7 +674,6 @@ def main():
     if args.batch_rate is not None:
         if not (100 <= args.batch_rate <= 200_000 and args.batch_rate % 100 == 0):
             sys.exit("--batch-rate is a multiple of 100 from 100 to 200000 events/s")
-        global BATCH_RATE
         BATCH_RATE = args.batch_rate
     if not 5 <= args.duration <= 60:
         sys.exit("--duration is 5 to 60 seconds")
