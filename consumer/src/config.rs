@@ -78,6 +78,9 @@ pub struct BatchSettings {
     pub max_wait: Duration,
     /// Unacknowledged messages the broker may push to this consumer (`basic.qos`).
     pub prefetch: u16,
+    /// Batch writes one consumer runs at once, each in its own transaction: more than one lets
+    /// a batch be written while the one before it commits.
+    pub writes_in_flight: usize,
 }
 
 impl ConsumerConfig {
@@ -109,7 +112,7 @@ impl ConsumerConfig {
             }
             None => database_url.clone(),
         };
-        Ok(Self {
+        let config = Self {
             addr: settings.parse("WARREN_CONSUMER_ADDR", ([127, 0, 0, 1], 8082).into())?,
             database_url,
             database_read_url,
@@ -128,6 +131,7 @@ impl ConsumerConfig {
                 max_events: settings.bounded("WARREN_WRITE_BATCH_EVENTS", 2_000, 1..=50_000)?,
                 max_wait: settings.millis("WARREN_WRITE_BATCH_WAIT_MS", 50, 1..=60_000)?,
                 prefetch: settings.bounded("WARREN_PREFETCH", 200, 1..=u16::MAX)?,
+                writes_in_flight: settings.bounded("WARREN_WRITES_IN_FLIGHT", 1, 1..=8)?,
             },
             max_backoff: settings.millis(
                 "WARREN_RECONNECT_MAX_BACKOFF_MS",
@@ -150,7 +154,18 @@ impl ConsumerConfig {
             )?)),
             delivery: DeliveryConfig::from_settings(settings)?,
             deprecations,
-        })
+        };
+        if config.batch.writes_in_flight > config.pool_size {
+            return Err(ConfigError {
+                name: "WARREN_WRITES_IN_FLIGHT".into(),
+                value: config.batch.writes_in_flight.to_string(),
+                reason: format!(
+                    "each write holds a pooled connection: at most WARREN_DB_POOL_SIZE ({})",
+                    config.pool_size
+                ),
+            });
+        }
+        Ok(config)
     }
 }
 
@@ -194,6 +209,7 @@ mod tests {
         assert_eq!(config.topology.store_queue(), "warren.events.store");
         assert_eq!(config.batch.max_events, 2_000);
         assert_eq!(config.batch.max_wait, Duration::from_millis(50));
+        assert_eq!(config.batch.writes_in_flight, 1);
     }
 
     #[test]
@@ -208,6 +224,21 @@ mod tests {
     fn bad_database_url_names_the_variable() {
         let error = config(&[("WARREN_DATABASE_URL", "mysql://x")]).unwrap_err();
         assert_eq!(error.name, "WARREN_DATABASE_URL");
+    }
+
+    #[test]
+    fn more_writes_in_flight_than_pooled_connections_is_refused() {
+        let error = config(&[
+            ("WARREN_WRITES_IN_FLIGHT", "4"),
+            ("WARREN_DB_POOL_SIZE", "3"),
+        ])
+        .unwrap_err();
+        assert_eq!(error.name, "WARREN_WRITES_IN_FLIGHT");
+        let config = config(&[
+            ("WARREN_WRITES_IN_FLIGHT", "3"),
+            ("WARREN_DB_POOL_SIZE", "3"),
+        ]);
+        assert_eq!(config.unwrap().batch.writes_in_flight, 3);
     }
 
     #[test]

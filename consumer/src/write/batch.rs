@@ -63,11 +63,6 @@ impl Batch {
         self.items.is_empty()
     }
 
-    /// Events waiting.
-    pub fn events(&self) -> usize {
-        self.events
-    }
-
     /// Takes the deliveries out, leaving the batch empty.
     pub fn take(&mut self) -> Vec<Pending> {
         self.events = 0;

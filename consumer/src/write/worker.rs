@@ -1,4 +1,6 @@
 //! The write path: deliveries in, one transaction per batch, acks only after the commit.
+//! Up to `WARREN_WRITES_IN_FLIGHT` batches are written at once, and acknowledged in the order
+//! they were taken, so one acknowledgement with `multiple` never covers an uncommitted batch.
 //!
 //! Failure handling follows one rule: a good event is never dead-lettered. A message that cannot
 //! be decoded is rejected without requeue (the broker dead-letters it). A failing write is retried
@@ -6,11 +8,12 @@
 //! checks and the same batch still fails is it split, and a message that fails alone on a healthy
 //! database is dead-lettered.
 
-use std::time::Duration;
-
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, LongString};
@@ -161,6 +164,11 @@ async fn consume(
     status.consuming.store(true, Ordering::Release);
 
     let mut batch = Batch::new(config.batch);
+    // Writes run while the next batch fills; their outcomes come out in the order they started,
+    // so a batch is acknowledged only after every batch before it was.
+    let mut writes = FuturesOrdered::new();
+    // Before a batch is handed over, running writes are settled until at most this many are left.
+    let room = config.batch.writes_in_flight.saturating_sub(1);
     // The consumer stream is not always ended when the connection breaks (seen after a broker
     // container restart: lapin logged the reset, the stream stayed pending, and the consumer
     // never reconnected), so the connection's state is checked on its own too.
@@ -177,11 +185,25 @@ async fn consume(
                         .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                         .await;
                 }
-                flush(config, storage, dead_letters, &mut batch, cancel).await?;
+                if settle_until(&mut writes, 0, storage).await? == Flow::Stop {
+                    return Ok(());
+                }
+                if !batch.is_empty() {
+                    let written = write(config, storage, dead_letters, batch.take(), cancel).await?;
+                    settle(storage, written).await?;
+                }
                 return Ok(());
             }
+            Some(written) = writes.next(), if !writes.is_empty() => {
+                if settle(storage, written?).await? == Flow::Stop {
+                    return Ok(());
+                }
+            }
             () = sleep_until(deadline) => {
-                flush(config, storage, dead_letters, &mut batch, cancel).await?;
+                if settle_until(&mut writes, room, storage).await? == Flow::Stop {
+                    return Ok(());
+                }
+                writes.push_back(write(config, storage, dead_letters, batch.take(), cancel));
             }
             _ = connection_check.tick() => {
                 if !connection.status().connected() {
@@ -205,7 +227,10 @@ async fn consume(
                             properties: delivery.properties,
                         });
                         if batch.is_full() {
-                            flush(config, storage, dead_letters, &mut batch, cancel).await?;
+                            if settle_until(&mut writes, room, storage).await? == Flow::Stop {
+                                return Ok(());
+                            }
+                            writes.push_back(write(config, storage, dead_letters, batch.take(), cancel));
                         }
                     }
                     Err(error) => {
@@ -251,20 +276,44 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Writes the batch and acknowledges it. On shutdown during a database outage it gives up
-/// without acknowledging: the broker redelivers, and the table key dedupes.
-async fn flush(
+/// What became of a batch handed to [`write`].
+enum Written {
+    /// Committed; its deliveries still wait for their acknowledgement.
+    Stored(StoredBatch),
+    /// Split after repeated failures: each delivery was settled on its own already.
+    Isolated,
+    /// Shutdown came during a database outage: left unacknowledged for the broker to redeliver.
+    Abandoned,
+}
+
+/// A committed batch, with what its log line and metrics report.
+struct StoredBatch {
+    items: Vec<Pending>,
+    events: usize,
+    inserted: usize,
+    /// From the first attempt to the commit (not counting the wait for earlier batches' acks).
+    write_seconds: f64,
+}
+
+/// Whether the session goes on taking deliveries after a write was settled.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// A batch was abandoned: no later batch may be acknowledged, since acknowledging with
+    /// `multiple` would cover the abandoned deliveries too.
+    Stop,
+}
+
+/// Writes one batch, retrying while the database is away. It does not acknowledge: [`settle`]
+/// does, in the order the writes started.
+async fn write(
     config: &ConsumerConfig,
     storage: &Storage,
     dead_letters: &DeadLetters,
-    batch: &mut Batch,
+    items: Vec<Pending>,
     cancel: &CancellationToken,
-) -> Result<(), SessionError> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let events = batch.events();
-    let items = batch.take();
+) -> Result<Written, SessionError> {
+    let events: usize = items.iter().map(|p| p.envelope.event_count()).sum();
     if !config.write_delay.is_zero() {
         tokio::time::sleep(config.write_delay).await;
     }
@@ -274,27 +323,12 @@ async fn flush(
         let parts: Vec<&RequestPart> = items.iter().flat_map(|p| &p.envelope.parts).collect();
         match store::write(storage, &parts, config.retry_window).await {
             Ok(inserted) => {
-                let write_seconds = started.elapsed().as_secs_f64();
-                if let Some(last) = items.iter().max_by_key(|p| p.delivery_tag) {
-                    last.acker.ack(BasicAckOptions { multiple: true }).await?;
-                }
-                record_batch(&storage.pool, &items, events, inserted, write_seconds);
-                let request_ids: Vec<&str> = items
-                    .iter()
-                    .flat_map(|p| &p.envelope.parts)
-                    .map(|part| part.request_id.as_str())
-                    .take(LOGGED_REQUEST_IDS)
-                    .collect();
-                tracing::info!(
-                    messages = items.len(),
+                return Ok(Written::Stored(StoredBatch {
+                    items,
                     events,
                     inserted,
-                    duplicates = events - inserted,
-                    write_ms = started.elapsed().as_secs_f64() * 1000.0,
-                    ?request_ids,
-                    "stored batch"
-                );
-                return Ok(());
+                    write_seconds: started.elapsed().as_secs_f64(),
+                }))
             }
             Err(error) => {
                 failures += 1;
@@ -304,18 +338,76 @@ async fn flush(
                 if failures >= ATTEMPTS_BEFORE_ISOLATING
                     && db::database_answers(&storage.pool).await
                 {
-                    return isolate(config, storage, dead_letters, items).await;
+                    isolate(config, storage, dead_letters, items).await?;
+                    return Ok(Written::Isolated);
                 }
             }
         }
         tokio::select! {
             () = cancel.cancelled() => {
                 tracing::warn!(events, "shutting down with an unwritten batch; the broker will redeliver it");
-                return Ok(());
+                return Ok(Written::Abandoned);
             }
             () = tokio::time::sleep(backoff(failures, config.max_backoff)) => {}
         }
     }
+}
+
+/// Acknowledges a committed batch: every delivery up to its highest tag at once, which is right
+/// because every batch before it was settled already.
+async fn settle(storage: &Storage, written: Written) -> Result<Flow, SessionError> {
+    let batch = match written {
+        Written::Stored(batch) => batch,
+        Written::Isolated => return Ok(Flow::Continue),
+        Written::Abandoned => return Ok(Flow::Stop),
+    };
+    if let Some(last) = batch.items.iter().max_by_key(|p| p.delivery_tag) {
+        last.acker.ack(BasicAckOptions { multiple: true }).await?;
+    }
+    record_batch(
+        &storage.pool,
+        &batch.items,
+        batch.events,
+        batch.inserted,
+        batch.write_seconds,
+    );
+    let request_ids: Vec<&str> = batch
+        .items
+        .iter()
+        .flat_map(|p| &p.envelope.parts)
+        .map(|part| part.request_id.as_str())
+        .take(LOGGED_REQUEST_IDS)
+        .collect();
+    tracing::info!(
+        messages = batch.items.len(),
+        events = batch.events,
+        inserted = batch.inserted,
+        duplicates = batch.events - batch.inserted,
+        write_ms = batch.write_seconds * 1000.0,
+        ?request_ids,
+        "stored batch"
+    );
+    Ok(Flow::Continue)
+}
+
+/// Settles finished writes, oldest first, until at most `running` are left.
+async fn settle_until<F>(
+    writes: &mut FuturesOrdered<F>,
+    running: usize,
+    storage: &Storage,
+) -> Result<Flow, SessionError>
+where
+    F: Future<Output = Result<Written, SessionError>>,
+{
+    while writes.len() > running {
+        let Some(written) = writes.next().await else {
+            break;
+        };
+        if settle(storage, written?).await? == Flow::Stop {
+            return Ok(Flow::Stop);
+        }
+    }
+    Ok(Flow::Continue)
 }
 
 /// Batch size, write time, rows, acks, pool use and end-to-end lag of one stored batch.

@@ -22,3 +22,4 @@ mod sink;
 mod subscriptions;
 mod teardown;
 mod timeout;
+mod writes_in_flight;
