@@ -63,10 +63,12 @@ impl Batch {
         self.items.is_empty()
     }
 
-    /// Takes the deliveries out, leaving the batch empty.
-    pub fn take(&mut self) -> Vec<Pending> {
-        self.events = 0;
+    /// Takes the deliveries out with the number of events they hold, leaving the batch empty.
+    pub fn take(&mut self) -> (Vec<Pending>, usize) {
         self.deadline = None;
-        std::mem::take(&mut self.items)
+        (
+            std::mem::take(&mut self.items),
+            std::mem::take(&mut self.events),
+        )
     }
 }

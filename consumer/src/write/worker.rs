@@ -304,16 +304,15 @@ enum Flow {
     Stop,
 }
 
-/// Writes one batch, retrying while the database is away. It does not acknowledge: [`settle`]
-/// does, in the order the writes started.
+/// Writes one batch (the deliveries and event count [`Batch::take`] gives), retrying while the
+/// database is away. It does not acknowledge: [`settle`] does, in the order the writes started.
 async fn write(
     config: &ConsumerConfig,
     storage: &Storage,
     dead_letters: &DeadLetters,
-    items: Vec<Pending>,
+    (items, events): (Vec<Pending>, usize),
     cancel: &CancellationToken,
 ) -> Result<Written, SessionError> {
-    let events: usize = items.iter().map(|p| p.envelope.event_count()).sum();
     if !config.write_delay.is_zero() {
         tokio::time::sleep(config.write_delay).await;
     }
