@@ -14,6 +14,12 @@
 //! per row that almost never find anything. The rows of a batch are grouped by day and by which
 //! neighbours they probe (one group, except near midnight), so each statement names its day as a
 //! parameter and Postgres prunes to the partitions it touches.
+//!
+//! A batch is first written as a plain `INSERT`, which the unique storage key still guards: it
+//! fails with a unique violation if any row is stored already, and the batch is then written
+//! again with `ON CONFLICT DO NOTHING`. Duplicates are rare (redeliveries and client retries), and
+//! `ON CONFLICT` costs every row a second descent of the storage key, a speculative-insertion lock
+//! and one more WAL record (docs/benchmarks.md, thirty-seventh round).
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -111,18 +117,34 @@ impl Neighbours {
     }
 }
 
-/// The insert statements, written once from [`WRITTEN_COLUMNS`]; the day is the last parameter.
-static INSERT: LazyLock<[String; 4]> = LazyLock::new(|| {
-    [
-        Neighbours::None,
-        Neighbours::Before,
-        Neighbours::After,
-        Neighbours::Both,
-    ]
-    .map(|neighbours| insert_statement(WRITTEN_COLUMNS, neighbours))
+/// What an insert does with a row whose storage key is stored already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Duplicates {
+    /// None expected: a plain `INSERT`, which fails on one (unique violation).
+    Fail,
+    /// Some known: `ON CONFLICT DO NOTHING` skips them.
+    Skip,
+}
+
+/// The insert statements, written once from [`WRITTEN_COLUMNS`] for each [`Duplicates`] and
+/// [`Neighbours`]; the day is the last parameter.
+static INSERT: LazyLock<[[String; 4]; 2]> = LazyLock::new(|| {
+    [Duplicates::Fail, Duplicates::Skip].map(|duplicates| {
+        [
+            Neighbours::None,
+            Neighbours::Before,
+            Neighbours::After,
+            Neighbours::Both,
+        ]
+        .map(|neighbours| insert_statement(WRITTEN_COLUMNS, neighbours, duplicates))
+    })
 });
 
-fn insert_statement(columns: &[(&str, &str)], neighbours: Neighbours) -> String {
+fn insert_statement(
+    columns: &[(&str, &str)],
+    neighbours: Neighbours,
+    duplicates: Duplicates,
+) -> String {
     let names = columns
         .iter()
         .map(|(name, _)| *name)
@@ -149,11 +171,17 @@ fn insert_statement(columns: &[(&str, &str)], neighbours: Neighbours) -> String 
                                  AND stored.received_on {days}) "
         ),
     };
+    let on_conflict = match duplicates {
+        Duplicates::Fail => "",
+        Duplicates::Skip => " ON CONFLICT (source_id, id, received_on) DO NOTHING",
+    };
     format!(
         "INSERT INTO events ({names}, received_on) \
-         SELECT n.*, {day} FROM UNNEST({arrays}) AS n({names}) \
-         {probe}ON CONFLICT (source_id, id, received_on) DO NOTHING"
+         SELECT n.*, {day} FROM UNNEST({arrays}) AS n({names}) {probe}"
     )
+    .trim_end()
+    .to_owned()
+        + on_conflict
 }
 
 impl Columns {
@@ -231,12 +259,14 @@ pub async fn resolve_ids(
 }
 
 /// Inserts every event of `parts`, with the source and type ids in `ids`; returns how many rows
-/// were new (the rest were duplicates of stored events and were skipped).
-pub async fn insert_events(
+/// were new (with [`Duplicates::Skip`], the rest were duplicates of stored events and were
+/// skipped; with [`Duplicates::Fail`], a duplicate fails the statement).
+async fn insert_events(
     connection: &mut AsyncPgConnection,
     parts: &[&RequestPart],
     ids: &Resolved,
     window: RetryWindow,
+    duplicates: Duplicates,
 ) -> diesel::QueryResult<usize> {
     let mut groups: BTreeMap<(NaiveDate, Neighbours), Columns> = BTreeMap::new();
     for part in parts {
@@ -252,7 +282,10 @@ pub async fn insert_events(
             continue;
         }
         inserted += columns
-            .bind_to(diesel::sql_query(INSERT[neighbours as usize].as_str()).into_boxed())
+            .bind_to(
+                diesel::sql_query(INSERT[duplicates as usize][neighbours as usize].as_str())
+                    .into_boxed(),
+            )
             .bind::<Date, _>(day)
             .execute(connection)
             .await?;
@@ -290,9 +323,10 @@ impl Storage {
     }
 }
 
-/// One transaction for all `parts`; returns the number of new rows. When a day has no
-/// partition yet (Postgres answers with a check violation: no partition for the row), it is
-/// created and the transaction runs once more.
+/// One transaction for all `parts`; returns the number of new rows. The first attempt expects
+/// no duplicates; when one is stored already (a unique violation), the batch is written again
+/// skipping them. When a day has no partition yet (Postgres answers with a check violation: no
+/// partition for the row), it is created and the batch written again.
 pub async fn write(
     storage: &Storage,
     parts: &[&RequestPart],
@@ -304,23 +338,33 @@ pub async fn write(
         .await
         .map_err(|error| WriteError::Pool(error.to_string()))?;
     let ids = resolve_ids(&mut connection, &storage.key_ids, parts).await?;
-    let attempt = connection
-        .transaction(async |connection| insert_events(connection, parts, &ids, window).await)
-        .await;
-    let inserted = match attempt {
-        Err(DieselError::DatabaseError(DatabaseErrorKind::CheckViolation, _)) => {
-            for day in days_of(parts) {
-                partitions::ensure(&mut connection, day).await?;
+    let mut duplicates = Duplicates::Fail;
+    let mut partitions_created = false;
+    loop {
+        let attempt = connection
+            .transaction(async |connection| {
+                insert_events(connection, parts, &ids, window, duplicates).await
+            })
+            .await;
+        match attempt {
+            Ok(inserted) => return Ok(inserted),
+            Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _))
+                if duplicates == Duplicates::Fail =>
+            {
+                metrics::counter!("warren_consumer_batches_rewritten_total").increment(1);
+                duplicates = Duplicates::Skip;
             }
-            connection
-                .transaction(async |connection| {
-                    insert_events(connection, parts, &ids, window).await
-                })
-                .await?
+            Err(DieselError::DatabaseError(DatabaseErrorKind::CheckViolation, _))
+                if !partitions_created =>
+            {
+                for day in days_of(parts) {
+                    partitions::ensure(&mut connection, day).await?;
+                }
+                partitions_created = true;
+            }
+            Err(error) => return Err(error.into()),
         }
-        other => other?,
-    };
-    Ok(inserted)
+    }
 }
 
 #[cfg(test)]
@@ -373,7 +417,7 @@ mod tests {
 
     #[test]
     fn every_statement_has_one_array_per_written_column_and_the_day_last() {
-        for statement in INSERT.iter() {
+        for statement in INSERT.iter().flatten() {
             let last = WRITTEN_COLUMNS.len();
             assert!(
                 statement.contains(&format!("${last}::{}[])", WRITTEN_COLUMNS[last - 1].1)),
@@ -440,8 +484,10 @@ mod tests {
 
     #[test]
     fn the_statement_without_neighbours_has_no_probe() {
-        assert!(!INSERT[Neighbours::None as usize].contains("NOT EXISTS"));
-        assert!(INSERT[Neighbours::Before as usize].contains("stored.received_on = $"));
-        assert!(INSERT[Neighbours::Both as usize].contains("stored.received_on IN ("));
+        for statements in INSERT.iter() {
+            assert!(!statements[Neighbours::None as usize].contains("NOT EXISTS"));
+            assert!(statements[Neighbours::Before as usize].contains("stored.received_on = $"));
+            assert!(statements[Neighbours::Both as usize].contains("stored.received_on IN ("));
+        }
     }
 }

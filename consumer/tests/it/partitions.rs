@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use consumer::db::partitions::{self, Retention};
-use consumer::write::key_ids::KeyIds;
 use consumer::write::store::{RetryWindow, Storage};
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::RunQueryDsl;
@@ -41,18 +40,28 @@ fn part(id: &str, received_at: DateTime<Utc>) -> RequestPart {
     )
 }
 
-async fn write(app: &TestApp, part: &RequestPart) -> usize {
+/// Writes `parts` as one batch (one transaction) into the database at `url`, as a consumer
+/// writes its deliveries.
+async fn write_batch_to(url: &str, parts: &[&RequestPart]) -> usize {
     let pool = consumer::db::pool(
-        &app.db_url,
+        url,
         1,
         Duration::from_secs(5),
         Duration::from_secs(5),
         consumer::db::Plans::ServerChoice,
     )
     .unwrap();
-    consumer::write::store::write(&Storage::new(pool), &[part], RetryWindow::default())
+    consumer::write::store::write(&Storage::new(pool), parts, RetryWindow::default())
         .await
         .unwrap()
+}
+
+async fn write_batch(app: &TestApp, parts: &[&RequestPart]) -> usize {
+    write_batch_to(&app.db_url, parts).await
+}
+
+async fn write(app: &TestApp, part: &RequestPart) -> usize {
+    write_batch(app, &[part]).await
 }
 
 #[derive(diesel::QueryableByName)]
@@ -83,6 +92,31 @@ async fn a_redelivery_after_midnight_lands_in_its_original_partition_once() {
     assert_eq!(write(&app, &original).await, 0);
 
     assert_eq!(copies(&app, "late-evening").await, ["events_w20250303"]);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_holding_stored_events_stores_only_its_new_ones() {
+    let app = spawn_app().await;
+    let noon = at("2025-03-12T12:00:00Z");
+    let stored = part("stored-first", noon);
+    assert_eq!(write(&app, &stored).await, 1);
+
+    // A redelivered message among new ones, and an event twice in one batch (a client retry
+    // that reached the same consumer batch): the batch's first, plain insert fails on them and
+    // the batch is written again skipping them, with its new events all stored.
+    let new_a = part("new-a", noon);
+    let twice = part("twice", noon);
+    let twice_again = part("twice", at("2025-03-12T12:00:01Z"));
+    let new_b = part("new-b", noon);
+    let batch = [&new_a, &stored, &twice, &twice_again, &new_b];
+    assert_eq!(write_batch(&app, &batch).await, 3);
+
+    for id in ["stored-first", "new-a", "twice", "new-b"] {
+        assert_eq!(copies(&app, id).await, ["events_w20250310"], "{id}");
+    }
+    // Written again (a redelivery of the whole batch): nothing new.
+    assert_eq!(write_batch(&app, &batch).await, 0);
     app.cleanup().await;
 }
 
@@ -269,18 +303,7 @@ async fn an_unpartitioned_table_with_rows_is_migrated_into_weekly_partitions() {
     // The migrated rows still deduplicate, and new rows continue the sequence.
     let again = part_of("m2", "/old", "2025-03-10T01:00:00Z");
     let fresh = part_of("m4", "/old", "2025-03-10T03:00:00Z");
-    let ids =
-        consumer::write::store::resolve_ids(&mut connection, &KeyIds::default(), &[&again, &fresh])
-            .await
-            .unwrap();
-    let inserted = consumer::write::store::insert_events(
-        &mut connection,
-        &[&again, &fresh],
-        &ids,
-        RetryWindow::default(),
-    )
-    .await
-    .unwrap();
+    let inserted = write_batch_to(&url, &[&again, &fresh]).await;
     assert_eq!(inserted, 1);
     let count: Count = diesel::sql_query("SELECT count(*) AS count FROM events WHERE seq > 3")
         .get_result(&mut connection)
