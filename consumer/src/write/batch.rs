@@ -18,6 +18,8 @@ pub struct Pending {
     pub routing_key: String,
     /// The message's properties, kept for dead-lettering.
     pub properties: BasicProperties,
+    /// The broker delivered it before (its `redelivered` flag): its events may be stored already.
+    pub redelivered: bool,
 }
 
 /// Deliveries collected since the last write.

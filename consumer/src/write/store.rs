@@ -15,9 +15,10 @@
 //! neighbours they probe (one group, except near midnight), so each statement names its day as a
 //! parameter and Postgres prunes to the partitions it touches.
 //!
-//! A batch is first written as a plain `INSERT`, which the unique storage key still guards: it
-//! fails with a unique violation if any row is stored already, and the batch is then written
-//! again with `ON CONFLICT DO NOTHING`. Duplicates are rare (redeliveries and client retries), and
+//! A batch of new messages is first written as a plain `INSERT`, which the unique storage key
+//! still guards: it fails with a unique violation if any row is stored already, and the batch is
+//! then written again with `ON CONFLICT DO NOTHING`, as a batch holding a redelivered message is
+//! at once. Duplicates are rare (redeliveries and client retries), and
 //! `ON CONFLICT` costs every row a second descent of the storage key, a speculative-insertion lock
 //! and one more WAL record (docs/benchmarks.md, thirty-seventh round).
 
@@ -117,12 +118,13 @@ impl Neighbours {
     }
 }
 
-/// What an insert does with a row whose storage key is stored already.
+/// What a write's insert does with a row whose storage key is stored already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Duplicates {
-    /// None expected: a plain `INSERT`, which fails on one (unique violation).
+pub enum Duplicates {
+    /// None expected (new messages): a plain `INSERT`, which fails on one (a unique violation),
+    /// and [`write`] then writes the batch again with [`Duplicates::Skip`].
     Fail,
-    /// Some known: `ON CONFLICT DO NOTHING` skips them.
+    /// Some likely (redelivered messages): `ON CONFLICT DO NOTHING` skips them.
     Skip,
 }
 
@@ -323,14 +325,15 @@ impl Storage {
     }
 }
 
-/// One transaction for all `parts`; returns the number of new rows. The first attempt expects
-/// no duplicates; when one is stored already (a unique violation), the batch is written again
-/// skipping them. When a day has no partition yet (Postgres answers with a check violation: no
-/// partition for the row), it is created and the batch written again.
+/// One transaction for all `parts`; returns the number of new rows. The first attempt treats
+/// stored events as `duplicates` says; when it fails on one (a unique violation), the batch is
+/// written again skipping them. When a day has no partition yet (Postgres answers with a check
+/// violation: no partition for the row), it is created and the batch written again.
 pub async fn write(
     storage: &Storage,
     parts: &[&RequestPart],
     window: RetryWindow,
+    mut duplicates: Duplicates,
 ) -> Result<usize, WriteError> {
     let mut connection = storage
         .pool
@@ -338,7 +341,6 @@ pub async fn write(
         .await
         .map_err(|error| WriteError::Pool(error.to_string()))?;
     let ids = resolve_ids(&mut connection, &storage.key_ids, parts).await?;
-    let mut duplicates = Duplicates::Fail;
     let mut partitions_created = false;
     loop {
         let attempt = connection

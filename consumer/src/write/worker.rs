@@ -29,7 +29,7 @@ use crate::db::{self, PgPool};
 use crate::status::WorkerStatus;
 use crate::write::batch::{Batch, Pending};
 use crate::write::dead_letter::{DeadLetterError, DeadLetters};
-use crate::write::store::{self, Storage};
+use crate::write::store::{self, Duplicates, Storage};
 
 /// Failed attempts of one batch, on a database that answers health checks, before it is split.
 const ATTEMPTS_BEFORE_ISOLATING: u32 = 3;
@@ -225,6 +225,7 @@ async fn consume(
                             envelope,
                             routing_key: delivery.routing_key.to_string(),
                             properties: delivery.properties,
+                            redelivered: delivery.redelivered,
                         });
                         if batch.is_full() {
                             if settle_until(&mut writes, room, storage).await? == Flow::Stop {
@@ -318,9 +319,14 @@ async fn write(
     }
     let started = tokio::time::Instant::now();
     let mut failures = 0u32;
+    let duplicates = if items.iter().any(|pending| pending.redelivered) {
+        Duplicates::Skip
+    } else {
+        Duplicates::Fail
+    };
     loop {
         let parts: Vec<&RequestPart> = items.iter().flat_map(|p| &p.envelope.parts).collect();
-        match store::write(storage, &parts, config.retry_window).await {
+        match store::write(storage, &parts, config.retry_window, duplicates).await {
             Ok(inserted) => {
                 return Ok(Written::Stored(StoredBatch {
                     items,
@@ -438,7 +444,7 @@ async fn isolate(
 ) -> Result<(), SessionError> {
     for pending in items {
         let parts: Vec<&RequestPart> = pending.envelope.parts.iter().collect();
-        if store::write(storage, &parts, config.retry_window)
+        if store::write(storage, &parts, config.retry_window, Duplicates::Skip)
             .await
             .is_ok()
         {
@@ -460,7 +466,9 @@ async fn isolate(
                     part.received_at,
                     vec![event.clone()],
                 );
-                if let Err(error) = store::write(storage, &[&single], config.retry_window).await {
+                if let Err(error) =
+                    store::write(storage, &[&single], config.retry_window, Duplicates::Skip).await
+                {
                     if !db::database_answers(&storage.pool).await {
                         return Err(SessionError::DatabaseLost);
                     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use consumer::db::partitions::{self, Retention};
-use consumer::write::store::{RetryWindow, Storage};
+use consumer::write::store::{Duplicates, RetryWindow, Storage};
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::RunQueryDsl;
 use shared_types::{Event, RequestPart};
@@ -51,9 +51,14 @@ async fn write_batch_to(url: &str, parts: &[&RequestPart]) -> usize {
         consumer::db::Plans::ServerChoice,
     )
     .unwrap();
-    consumer::write::store::write(&Storage::new(pool), parts, RetryWindow::default())
-        .await
-        .unwrap()
+    consumer::write::store::write(
+        &Storage::new(pool),
+        parts,
+        RetryWindow::default(),
+        Duplicates::Fail,
+    )
+    .await
+    .unwrap()
 }
 
 async fn write_batch(app: &TestApp, parts: &[&RequestPart]) -> usize {

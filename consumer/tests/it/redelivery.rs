@@ -40,7 +40,8 @@ async fn consumer_stopped_between_insert_and_ack_stores_once() {
         consumer::write::store::write(
             &consumer::write::store::Storage::new(pool),
             &[&part],
-            consumer::write::store::RetryWindow::default()
+            consumer::write::store::RetryWindow::default(),
+            consumer::write::store::Duplicates::Fail,
         )
         .await
         .unwrap(),
