@@ -18,9 +18,9 @@
 //! A batch of new messages is first written as a plain `INSERT`, which the unique storage key
 //! still guards: it fails with a unique violation if any row is stored already, and the batch is
 //! then written again with `ON CONFLICT DO NOTHING`, as a batch holding a redelivered message is
-//! at once. Duplicates are rare (redeliveries and client retries), and
-//! `ON CONFLICT` costs every row a second descent of the storage key, a speculative-insertion lock
-//! and one more WAL record (docs/benchmarks.md, thirty-seventh round).
+//! at once. Duplicates are rare (redeliveries and client retries), and `ON CONFLICT` costs every
+//! row a second descent of the storage key, a speculative-insertion lock and one more WAL record
+//! (docs/benchmarks.md, thirty-seventh round).
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
