@@ -168,9 +168,9 @@ fn insert_statement(
     let probe = match probed_days {
         None => String::new(),
         Some(days) => format!(
-            "WHERE NOT EXISTS (SELECT 1 FROM events stored \
-                               WHERE stored.source_id = n.source_id AND stored.id = n.id \
-                                 AND stored.received_on {days}) "
+            " WHERE NOT EXISTS (SELECT 1 FROM events stored \
+                                WHERE stored.source_id = n.source_id AND stored.id = n.id \
+                                  AND stored.received_on {days})"
         ),
     };
     let on_conflict = match duplicates {
@@ -179,11 +179,8 @@ fn insert_statement(
     };
     format!(
         "INSERT INTO events ({names}, received_on) \
-         SELECT n.*, {day} FROM UNNEST({arrays}) AS n({names}) {probe}"
+         SELECT n.*, {day} FROM UNNEST({arrays}) AS n({names}){probe}{on_conflict}"
     )
-    .trim_end()
-    .to_owned()
-        + on_conflict
 }
 
 impl Columns {
@@ -482,6 +479,19 @@ mod tests {
             Neighbours::of(at("2025-03-10T23:59:59Z"), none),
             Neighbours::None
         );
+    }
+
+    #[test]
+    fn only_the_statements_that_skip_duplicates_say_on_conflict() {
+        for statement in &INSERT[Duplicates::Fail as usize] {
+            assert!(!statement.contains("ON CONFLICT"), "{statement}");
+        }
+        for statement in &INSERT[Duplicates::Skip as usize] {
+            assert!(
+                statement.ends_with(") ON CONFLICT (source_id, id, received_on) DO NOTHING"),
+                "{statement}"
+            );
+        }
     }
 
     #[test]
