@@ -297,3 +297,37 @@ fn serialized_form_round_trips_through_validation() {
     let again: Event = serde_json::from_slice(&text).unwrap();
     assert_eq!(again, event);
 }
+
+#[test]
+fn nul_in_data_is_reported_where_it_is() {
+    let found = codes(with(
+        "data",
+        json!({"fine": ["a", {"x/y": "b\u{0}c"}], "k\u{0}": 1, "also": "fine"}),
+    ));
+    assert_eq!(
+        found,
+        vec![
+            (ErrorCode::InvalidAttribute, "/data/fine/1/x~1y".to_string()),
+            (ErrorCode::InvalidAttribute, "/data/k\u{0}".to_string()),
+        ]
+    );
+    assert!(validate(with("data", json!({"fine": ["a", {"x/y": "b"}]}))).is_ok());
+}
+
+#[test]
+fn bad_extensions_are_reported_by_name() {
+    let mut event = minimal();
+    event["bad/name"] = json!("x");
+    event["nul"] = json!("a\u{0}");
+    event["nested"] = json!({"a": 1});
+    event["fine"] = json!("ok");
+    let found = codes(event);
+    assert_eq!(
+        found,
+        vec![
+            (ErrorCode::InvalidExtensionName, "/bad~1name".to_string()),
+            (ErrorCode::InvalidAttribute, "/nested".to_string()),
+            (ErrorCode::InvalidAttribute, "/nul".to_string()),
+        ]
+    );
+}
