@@ -61,6 +61,21 @@ impl Drop for Replica {
 }
 
 #[derive(diesel::QueryableByName)]
+struct LatestMigration {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    version: Option<String>,
+}
+
+/// The newest migration applied to the database `connection` is on, if it has any.
+async fn latest_migration(connection: &mut diesel_async::AsyncPgConnection) -> Option<String> {
+    diesel::sql_query("SELECT max(version) AS version FROM __diesel_schema_migrations")
+        .get_result::<LatestMigration>(connection)
+        .await
+        .ok()
+        .and_then(|latest| latest.version)
+}
+
+#[derive(diesel::QueryableByName)]
 struct Recovery {
     #[diesel(sql_type = diesel::sql_types::Bool)]
     in_recovery: bool,
@@ -75,14 +90,16 @@ async fn the_read_api_is_served_from_a_streaming_replica_and_a_dead_replica_is_a
     let source = "/tests";
 
     // The replica replays the primary's WAL asynchronously: wait until it has this test's
-    // database and table (created on the primary a moment ago) before reading from it.
+    // database and every migration (applied on the primary a moment ago, each in its own
+    // transaction) before reading from it. The `events` table alone is not enough: a query also
+    // reads the dictionaries a later migration makes, and a slow machine's replica can be
+    // between the two.
+    let applied = latest_migration(&mut app.db().await).await;
+    assert!(applied.is_some(), "the primary has no migrations");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let replayed = match consumer::db::connect(&replica_db).await {
-            Ok(mut standby) => diesel::sql_query("SELECT 1 FROM events LIMIT 0")
-                .execute(&mut standby)
-                .await
-                .is_ok(),
+            Ok(mut standby) => latest_migration(&mut standby).await == applied,
             Err(_) => false,
         };
         if replayed {
