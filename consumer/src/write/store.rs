@@ -23,12 +23,14 @@
 //! (docs/benchmarks.md, thirty-seventh round).
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::pg::Pg;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::serialize::{self, IsNull, Output, ToSql};
 use diesel::sql_types::{Array, Date, Integer, Jsonb, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::Value;
@@ -43,19 +45,23 @@ use crate::write::key_ids::{KeyIds, Resolved};
 /// cannot disagree. A unit test ties the list to the diesel table in `db/tables.rs`.
 macro_rules! written_columns {
     ($($field:ident: $rust:ty => $column:literal as $sql:literal $diesel:ty),+ $(,)?) => {
-        /// Column arrays for one insert.
+        /// Column arrays for one insert, borrowing the batch's events: nothing is copied, and a
+        /// batch written again (after a unique violation) binds the same events again.
         #[derive(Default)]
-        struct Columns {
+        struct Columns<'a> {
             $($field: Vec<$rust>,)+
         }
 
         /// The written columns' names and SQL array element types, in bind order.
         const WRITTEN_COLUMNS: &[(&str, &str)] = &[$(($column, $sql)),+];
 
-        impl Columns {
+        impl<'a> Columns<'a> {
             /// Binds every array, in [`WRITTEN_COLUMNS`] order.
-            fn bind_to(self, mut query: BoxedSqlQuery<'static, Pg, SqlQuery>) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
-                $(query = query.bind::<Array<$diesel>, _>(self.$field);)+
+            fn bind_to<'q>(
+                &'q self,
+                mut query: BoxedSqlQuery<'q, Pg, SqlQuery>,
+            ) -> BoxedSqlQuery<'q, Pg, SqlQuery> {
+                $(query = query.bind::<Array<$diesel>, _>(&self.$field);)+
                 query
             }
         }
@@ -63,21 +69,37 @@ macro_rules! written_columns {
 }
 
 written_columns! {
-    id: String => "id" as "text" Text,
-    source: String => "source" as "text" Text,
-    event_type: String => "type" as "text" Text,
-    subject: Option<String> => "subject" as "text" Nullable<Text>,
+    id: &'a str => "id" as "text" Text,
+    source: &'a str => "source" as "text" Text,
+    event_type: &'a str => "type" as "text" Text,
+    subject: Option<&'a str> => "subject" as "text" Nullable<Text>,
     time: Option<DateTime<Utc>> => "time" as "timestamptz" Nullable<Timestamptz>,
-    datacontenttype: Option<String> => "datacontenttype" as "text" Nullable<Text>,
-    dataschema: Option<String> => "dataschema" as "text" Nullable<Text>,
-    data: Option<Value> => "data" as "jsonb" Nullable<Jsonb>,
-    data_base64: Option<String> => "data_base64" as "text" Nullable<Text>,
-    extensions: Value => "extensions" as "jsonb" Jsonb,
-    request_id: Option<String> => "request_id" as "text" Nullable<Text>,
+    datacontenttype: Option<&'a str> => "datacontenttype" as "text" Nullable<Text>,
+    dataschema: Option<&'a str> => "dataschema" as "text" Nullable<Text>,
+    data: Option<&'a Value> => "data" as "jsonb" Nullable<Jsonb>,
+    data_base64: Option<&'a str> => "data_base64" as "text" Nullable<Text>,
+    extensions: ExtensionsJson<'a> => "extensions" as "jsonb" Jsonb,
+    request_id: Option<&'a str> => "request_id" as "text" Nullable<Text>,
     received_at: DateTime<Utc> => "received_at" as "timestamptz" Timestamptz,
     source_id: i32 => "source_id" as "int4" Integer,
     type_id: i32 => "type_id" as "int4" Integer,
 }
+
+/// An event's extension attributes bound as one `jsonb` object, written straight from the
+/// event's map (as diesel writes a `serde_json::Value`: the format version byte, then the text).
+#[derive(Debug)]
+struct ExtensionsJson<'a>(&'a BTreeMap<String, Value>);
+
+impl ToSql<Jsonb, Pg> for ExtensionsJson<'_> {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        out.write_all(&[JSONB_FORMAT_VERSION])?;
+        serde_json::to_writer(out, self.0)?;
+        Ok(IsNull::No)
+    }
+}
+
+/// The first byte of a `jsonb` value in PostgreSQL's binary format.
+const JSONB_FORMAT_VERSION: u8 = 1;
 
 /// How long after a client's first attempt its retry is still deduplicated when the two fall on
 /// either side of midnight (UTC). Retries on the same day are always deduplicated.
@@ -183,8 +205,8 @@ fn insert_statement(
     )
 }
 
-impl Columns {
-    fn push_part(&mut self, part: &RequestPart, ids: &Resolved) -> diesel::QueryResult<()> {
+impl<'a> Columns<'a> {
+    fn push_part(&mut self, part: &'a RequestPart, ids: &Resolved) -> diesel::QueryResult<()> {
         for event in &part.events {
             let unresolved = |what: &str, name: &str| {
                 DieselError::QueryBuilderError(
@@ -199,28 +221,22 @@ impl Columns {
                 ids.event_type(&event.event_type)
                     .ok_or_else(|| unresolved("type", &event.event_type))?,
             );
-            self.id.push(event.id.clone());
-            self.source.push(event.source.clone());
-            self.event_type.push(event.event_type.clone());
-            self.subject.push(event.subject.clone());
+            self.id.push(&event.id);
+            self.source.push(&event.source);
+            self.event_type.push(&event.event_type);
+            self.subject.push(event.subject.as_deref());
             self.time.push(event.time);
-            self.datacontenttype.push(event.datacontenttype.clone());
-            self.dataschema.push(event.dataschema.clone());
+            self.datacontenttype.push(event.datacontenttype.as_deref());
+            self.dataschema.push(event.dataschema.as_deref());
             let (data, data_base64) = match &event.data {
-                Some(EventData::Json(value)) => (Some(value.clone()), None),
-                Some(EventData::Base64(text)) => (None, Some(text.clone())),
+                Some(EventData::Json(value)) => (Some(value), None),
+                Some(EventData::Base64(text)) => (None, Some(text.as_str())),
                 None => (None, None),
             };
             self.data.push(data);
             self.data_base64.push(data_base64);
-            self.extensions.push(Value::Object(
-                event
-                    .extensions
-                    .iter()
-                    .map(|(name, value)| (name.clone(), value.clone()))
-                    .collect(),
-            ));
-            self.request_id.push(Some(part.request_id.clone()));
+            self.extensions.push(ExtensionsJson(&event.extensions));
+            self.request_id.push(Some(&part.request_id));
             self.received_at.push(part.received_at);
         }
         Ok(())
@@ -267,8 +283,8 @@ async fn insert_events(
     window: RetryWindow,
     duplicates: Duplicates,
 ) -> diesel::QueryResult<usize> {
-    let mut groups: BTreeMap<(NaiveDate, Neighbours), Columns> = BTreeMap::new();
-    for part in parts {
+    let mut groups: BTreeMap<(NaiveDate, Neighbours), Columns<'_>> = BTreeMap::new();
+    for part in parts.iter().copied() {
         let key = (
             received_on(part.received_at),
             Neighbours::of(part.received_at, window),

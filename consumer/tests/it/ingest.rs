@@ -42,6 +42,8 @@ async fn structured_event_is_stored_with_its_attributes() {
     let mut sent = event("order.placed");
     sent["subject"] = json!("order/1");
     sent["region"] = json!("eu1");
+    sent["attempt"] = json!(3);
+    sent["sampled"] = json!(true);
 
     let response = app.post_event(&sent).await;
 
@@ -60,7 +62,10 @@ async fn structured_event_is_stored_with_its_attributes() {
     assert_eq!(row.event_type, "order.placed");
     assert_eq!(row.subject.as_deref(), Some("order/1"));
     assert_eq!(row.data, Some(json!({"n": 1})));
-    assert_eq!(row.extensions, json!({"region": "eu1"}));
+    assert_eq!(
+        row.extensions,
+        json!({"region": "eu1", "attempt": 3, "sampled": true})
+    );
     assert_eq!(row.request_id.as_deref(), Some(request_id.as_str()));
     app.cleanup().await;
 }
