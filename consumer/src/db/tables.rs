@@ -4,7 +4,8 @@ diesel::table! {
     /// One row per CloudEvent; UNIQUE (source_id, id, received_on), partitioned by `received_on`
     /// (the UTC day of `received_at`). Reads never need that column, nor the integer ids of
     /// `source` and `type` (the indexes use them; filters name them in SQL), and writes are plain
-    /// SQL (`write/store.rs`), so they are left out here.
+    /// SQL (`write/store.rs`), so they are left out here. diesel's key is `seq`: unique as an
+    /// identity column, though no constraint holds it since the storage key is the only one.
     events (seq) {
         /// Insertion order; the stable tie-breaker for pagination.
         seq -> Int8,

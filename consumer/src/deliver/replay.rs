@@ -1,6 +1,6 @@
 //! Replay from storage: `POST /v1/subscriptions/{id}/replay` (or `since` at creation) records a
-//! job; a worker claims it with a lease, walks the events received in `[since, until)` in storage
-//! order, delivers the ones the subscription matches (marked `warren-replay: true`) within
+//! job; a worker claims it with a lease, walks the events received in `[since, until)` in the
+//! order received (`received_at`, then `seq`), delivers the ones the subscription matches (marked `warren-replay: true`) within
 //! `WARREN_DELIVERY_REPLAY_RATE` events per second, and keeps its place after every page, so a
 //! worker that stops leaves the rest to the next one. Failures become ordinary retries.
 //! Replays run beside live delivery and share the subscription's in-flight limit; they are not
@@ -29,6 +29,16 @@ use super::subscription::{Status, Subscription};
 
 /// Events read per page.
 const PAGE: i64 = 200;
+/// The first stretch of receive time a page's query reads; each page's stretch then doubles when
+/// it held less than half a page and halves when it filled one, between the two bounds below.
+/// The query reads every event of its stretch (a BRIN index finds them, in no order) and sorts
+/// them, so a stretch should hold about a page: a minute bounds what one query reads where a
+/// quiet stretch is followed by a busy one, and how many queries an empty stretch takes.
+const FIRST_STRETCH: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
+/// The shortest stretch a page reads.
+const SHORTEST_STRETCH: chrono::TimeDelta = chrono::TimeDelta::milliseconds(1);
+/// The longest stretch a page reads.
+const LONGEST_STRETCH: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
 /// How long a claim holds a job between pages.
 const LEASE_SECS: i64 = 60;
 
@@ -47,7 +57,12 @@ pub struct Replay {
     /// Receive times before this are replayed.
     #[diesel(sql_type = Timestamptz)]
     pub until: DateTime<Utc>,
-    /// Storage position reached.
+    /// Receive time reached: every event received before it is done, and those received at
+    /// it up to `cursor_seq`.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    #[serde(skip)]
+    pub cursor_received_at: Option<DateTime<Utc>>,
+    /// See `cursor_received_at`.
     #[diesel(sql_type = Nullable<BigInt>)]
     #[serde(skip)]
     pub cursor_seq: Option<i64>,
@@ -65,8 +80,8 @@ pub struct Replay {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-const COLUMNS: &str =
-    "id, subscription_id, since, until, cursor_seq, delivered, status, created_at, finished_at";
+const COLUMNS: &str = "id, subscription_id, since, until, cursor_received_at, cursor_seq, \
+                       delivered, status, created_at, finished_at";
 
 /// Records a replay job.
 pub async fn create(
@@ -112,24 +127,61 @@ async fn claim(conn: &mut AsyncPgConnection) -> QueryResult<Option<Replay>> {
 async fn advance(
     conn: &mut AsyncPgConnection,
     id: Uuid,
-    cursor_seq: i64,
+    cursor: Position,
     delivered: i64,
     done: bool,
 ) -> QueryResult<()> {
     diesel::sql_query(
-        "UPDATE delivery_replays SET cursor_seq = $2, delivered = delivered + $3, \
-         lease_until = now() + make_interval(secs => $4), \
+        "UPDATE delivery_replays SET cursor_received_at = $6, cursor_seq = $2, \
+         delivered = delivered + $3, lease_until = now() + make_interval(secs => $4), \
          status = CASE WHEN $5 THEN 'done' ELSE status END, \
          finished_at = CASE WHEN $5 THEN now() ELSE finished_at END WHERE id = $1",
     )
     .bind::<SqlUuid, _>(id)
-    .bind::<BigInt, _>(cursor_seq)
+    .bind::<BigInt, _>(cursor.seq)
     .bind::<BigInt, _>(delivered)
     .bind::<BigInt, _>(LEASE_SECS)
     .bind::<diesel::sql_types::Bool, _>(done)
+    .bind::<Timestamptz, _>(cursor.received_at)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// A place in the walk: every event received before `received_at` is done, and those received
+/// at it whose `seq` is up to `seq` (0: none of them, as every `seq` is positive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    received_at: DateTime<Utc>,
+    seq: i64,
+}
+
+impl Position {
+    /// Where `job` left off, or its start.
+    fn of(job: &Replay) -> Self {
+        match job.cursor_received_at {
+            Some(received_at) => Self {
+                received_at,
+                seq: job.cursor_seq.unwrap_or(0),
+            },
+            None => Self {
+                received_at: job.since,
+                seq: 0,
+            },
+        }
+    }
+}
+
+/// The stretch of receive time the next page reads, from how full this one was.
+fn next_stretch(stretch: chrono::TimeDelta, rows: usize) -> chrono::TimeDelta {
+    let rows = rows as i64;
+    if rows >= PAGE {
+        (stretch / 2).max(SHORTEST_STRETCH)
+    } else if rows < PAGE / 2 {
+        (stretch * 2).min(LONGEST_STRETCH)
+    } else {
+        stretch
+    }
 }
 
 #[derive(diesel::QueryableByName)]
@@ -186,27 +238,29 @@ impl StoredRow {
     }
 }
 
-/// Stored events received in `[since, until)` after `after_seq`, in storage order. The
-/// `received_on` bounds let PostgreSQL read only the days concerned.
+/// At most a page of the stored events received after `after` and before `before`, in the order
+/// received. The `received_on` bounds let PostgreSQL read only the partitions concerned, and the
+/// plain bound on `received_at` lets it find the stretch through the BRIN index (a row
+/// comparison cannot).
 async fn page(
     conn: &mut AsyncPgConnection,
-    since: DateTime<Utc>,
-    until: DateTime<Utc>,
-    after_seq: i64,
+    after: Position,
+    before: DateTime<Utc>,
 ) -> QueryResult<Vec<StoredRow>> {
-    let first_day: NaiveDate = since.date_naive();
-    let last_day: NaiveDate = until.date_naive();
+    let first_day: NaiveDate = after.received_at.date_naive();
+    let last_day: NaiveDate = before.date_naive();
     diesel::sql_query(
         "SELECT seq, id, source, type AS event_type, subject, time, datacontenttype, dataschema, \
          data, data_base64, extensions, received_at FROM events \
-         WHERE received_on BETWEEN $1 AND $2 AND received_at >= $3 AND received_at < $4 AND seq > $5 \
-         ORDER BY seq LIMIT $6",
+         WHERE received_on BETWEEN $1 AND $2 AND received_at >= $3 AND received_at < $4 \
+           AND (received_at, seq) > ($3, $5) \
+         ORDER BY received_at, seq LIMIT $6",
     )
     .bind::<Date, _>(first_day)
     .bind::<Date, _>(last_day)
-    .bind::<Timestamptz, _>(since)
-    .bind::<Timestamptz, _>(until)
-    .bind::<BigInt, _>(after_seq)
+    .bind::<Timestamptz, _>(after.received_at)
+    .bind::<Timestamptz, _>(before)
+    .bind::<BigInt, _>(after.seq)
     .bind::<BigInt, _>(PAGE)
     .load(conn)
     .await
@@ -247,12 +301,17 @@ async fn replay(
     cancel: &CancellationToken,
 ) {
     tracing::info!(replay = %job.id, subscription = %subscription.id, since = %job.since, until = %job.until, "replaying");
-    let mut cursor = job.cursor_seq.unwrap_or(0);
+    let mut position = Position::of(&job);
+    let mut stretch = FIRST_STRETCH;
     let rate = f64::from(deliverer.config.replay_rate);
     while !cancel.is_cancelled() {
         let started = Instant::now();
+        let before = position
+            .received_at
+            .checked_add_signed(stretch)
+            .map_or(job.until, |end| end.min(job.until));
         let rows = match deliverer.pool.get().await {
-            Ok(mut conn) => page(&mut conn, job.since, job.until, cursor).await,
+            Ok(mut conn) => page(&mut conn, position, before).await,
             Err(error) => Err(diesel::result::Error::QueryBuilderError(
                 error.to_string().into(),
             )),
@@ -264,8 +323,21 @@ async fn replay(
                 return;
             }
         };
-        let last_page = (rows.len() as i64) < PAGE;
-        let next_cursor = rows.last().map_or(cursor, |row| row.seq);
+        // A full page may have left events of its stretch for the next one; a short page read
+        // the whole stretch, and the last stretch ends the replay.
+        let full = rows.len() as i64 >= PAGE;
+        let next_position = match rows.last() {
+            Some(row) if full => Position {
+                received_at: row.received_at,
+                seq: row.seq,
+            },
+            _ => Position {
+                received_at: before,
+                seq: 0,
+            },
+        };
+        let last_page = !full && before >= job.until;
+        stretch = next_stretch(stretch, rows.len());
         let matching: Vec<Pending> = rows
             .into_iter()
             .map(StoredRow::event)
@@ -309,11 +381,12 @@ async fn replay(
                 return;
             }
         }
-        if let Err(error) = advance(&mut conn, job.id, next_cursor, count as i64, last_page).await {
+        if let Err(error) = advance(&mut conn, job.id, next_position, count as i64, last_page).await
+        {
             tracing::warn!(%error, replay = %job.id, "cannot record the replay's progress");
             return;
         }
-        cursor = next_cursor;
+        position = next_position;
         if last_page {
             tracing::info!(replay = %job.id, "replay done");
             return;
@@ -326,5 +399,69 @@ async fn replay(
                 () = tokio::time::sleep(rest) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(cursor_received_at: Option<DateTime<Utc>>, cursor_seq: Option<i64>) -> Replay {
+        let since = DateTime::<Utc>::UNIX_EPOCH + chrono::TimeDelta::days(20_000);
+        Replay {
+            id: Uuid::nil(),
+            subscription_id: Uuid::nil(),
+            since,
+            until: since + chrono::TimeDelta::hours(1),
+            cursor_received_at,
+            cursor_seq,
+            delivered: 0,
+            status: "running".into(),
+            created_at: since,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn a_new_replay_starts_before_every_event_received_at_its_since() {
+        let new = job(None, None);
+        assert_eq!(
+            Position::of(&new),
+            Position {
+                received_at: new.since,
+                seq: 0
+            }
+        );
+        // A cursor from before the walk was in receive order (a seq alone) is not trusted.
+        let old = job(None, Some(41));
+        assert_eq!(Position::of(&old).received_at, old.since);
+        assert_eq!(Position::of(&old).seq, 0);
+    }
+
+    #[test]
+    fn a_resumed_replay_starts_after_the_last_event_it_recorded() {
+        let at = DateTime::<Utc>::UNIX_EPOCH + chrono::TimeDelta::days(20_000);
+        let resumed = job(Some(at), Some(41));
+        assert_eq!(
+            Position::of(&resumed),
+            Position {
+                received_at: at,
+                seq: 41
+            }
+        );
+    }
+
+    #[test]
+    fn the_stretch_halves_after_a_full_page_and_doubles_after_a_sparse_one() {
+        let second = chrono::TimeDelta::seconds(1);
+        assert_eq!(next_stretch(second, PAGE as usize), second / 2);
+        assert_eq!(next_stretch(second, 0), second * 2);
+        assert_eq!(next_stretch(second, (PAGE / 2 - 1) as usize), second * 2);
+        assert_eq!(next_stretch(second, (PAGE / 2) as usize), second);
+        assert_eq!(
+            next_stretch(SHORTEST_STRETCH, PAGE as usize),
+            SHORTEST_STRETCH
+        );
+        assert_eq!(next_stretch(LONGEST_STRETCH, 0), LONGEST_STRETCH);
     }
 }

@@ -420,6 +420,53 @@ async fn a_replay_of_a_past_window_delivers_exactly_the_matching_stored_events()
     app.cleanup().await;
 }
 
+/// More events than a replay reads in one page, received over a few seconds in batches that
+/// share a receive time, so pages end inside a batch and stretches of receive time both fill
+/// and fall short.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_across_many_pages_delivers_each_stored_event_once() {
+    let app = app_with_worker().await;
+    let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let mut sent = BTreeSet::new();
+    for _ in 0..7 {
+        let batch: Vec<Value> = (0..70).map(|_| event("com.example.paged")).collect();
+        sent.extend(batch.iter().map(|e| e["id"].as_str().unwrap().to_owned()));
+        assert_eq!(app.post_batch(batch).await.status(), 202);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    app.wait_for_rows(490).await;
+    let after = chrono::Utc::now();
+
+    let sink = TestSink::start().await;
+    let (id, _) = app
+        .subscribe(json!({"sink": sink.url("/paged"), "filters": [{"exact": {"type": "com.example.paged"}}]}))
+        .await;
+    let (status, body) = app
+        .api(
+            "POST",
+            &format!("/v1/subscriptions/{id}/replay"),
+            Some(json!({"since": before.to_rfc3339(), "until": after.to_rfc3339()})),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let delivered = sink.wait_delivered("/paged", sent.len(), WAIT).await;
+    assert_eq!(ids(&delivered), sent);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, listed) = app
+            .api("GET", &format!("/v1/subscriptions/{id}/replay"), None)
+            .await;
+        if listed["replays"][0]["status"] == "done" {
+            assert_eq!(listed["replays"][0]["delivered"], 490);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sink.delivered("/paged").len(), 490, "each event once");
+    app.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ordered_subscription_holds_back_only_the_failing_key() {
     let app = app_with_worker().await;
