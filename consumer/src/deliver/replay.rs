@@ -124,6 +124,15 @@ async fn claim(conn: &mut AsyncPgConnection) -> QueryResult<Option<Replay>> {
     Ok(found.pop())
 }
 
+/// Lets any worker claim `id` again now.
+async fn release(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<()> {
+    diesel::sql_query("UPDATE delivery_replays SET lease_until = now() WHERE id = $1")
+        .bind::<SqlUuid, _>(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 async fn advance(
     conn: &mut AsyncPgConnection,
     id: Uuid,
@@ -282,9 +291,22 @@ pub async fn run(
         };
         if let Some(job) = job {
             let subscription = subscriptions.borrow().get(&job.subscription_id).cloned();
-            if let Some(subscription) = subscription.filter(|s| s.spec.status == Status::Active) {
-                replay(&deliverer, &subscription, job, &cancel).await;
-                continue;
+            match subscription {
+                Some(subscription) if subscription.spec.status == Status::Active => {
+                    replay(&deliverer, &subscription, job, &cancel).await;
+                    continue;
+                }
+                // Paused: the lease brings the job back once it runs out.
+                Some(_) => {}
+                // Not in this worker's view of the subscriptions yet (made a moment ago): give
+                // the job back at once rather than hold it for a whole lease.
+                None => {
+                    if let Ok(mut conn) = deliverer.pool.get().await {
+                        if let Err(error) = release(&mut conn, job.id).await {
+                            tracing::warn!(%error, replay = %job.id, "cannot give a replay back; its lease will");
+                        }
+                    }
+                }
             }
         }
         tokio::select! {
