@@ -354,6 +354,46 @@ async fn a_sink_failing_longer_than_the_pause_period_is_paused() {
     app.cleanup().await;
 }
 
+/// A new subscription to `event_type` with a sink at `path`, and a replay of `[since, until)`
+/// asked for it; returns the sink and the subscription's id.
+async fn replay_to_a_new_subscription(
+    app: &TestApp,
+    path: &str,
+    event_type: &str,
+    since: chrono::DateTime<chrono::Utc>,
+    until: chrono::DateTime<chrono::Utc>,
+) -> (TestSink, String) {
+    let sink = TestSink::start().await;
+    let (id, _) = app
+        .subscribe(json!({"sink": sink.url(path), "filters": [{"exact": {"type": event_type}}]}))
+        .await;
+    let (status, body) = app
+        .api(
+            "POST",
+            &format!("/v1/subscriptions/{id}/replay"),
+            Some(json!({"since": since.to_rfc3339(), "until": until.to_rfc3339()})),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_matches("ReplayStarted", &body);
+    (sink, id)
+}
+
+/// The subscription's replay list once its newest replay is done.
+async fn wait_for_the_replay_to_finish(app: &TestApp, id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, listed) = app
+            .api("GET", &format!("/v1/subscriptions/{id}/replay"), None)
+            .await;
+        if listed["replays"][0]["status"] == "done" {
+            return listed;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_of_a_past_window_delivers_exactly_the_matching_stored_events() {
     let app = app_with_worker().await;
@@ -384,37 +424,16 @@ async fn a_replay_of_a_past_window_delivers_exactly_the_matching_stored_events()
     );
     app.wait_for_rows(31).await;
 
-    let sink = TestSink::start().await;
-    let (id, _) = app
-        .subscribe(json!({"sink": sink.url("/replay"), "filters": [{"exact": {"type": "com.example.replayed"}}]}))
-        .await;
-    let (status, body) = app
-        .api(
-            "POST",
-            &format!("/v1/subscriptions/{id}/replay"),
-            Some(json!({"since": before.to_rfc3339(), "until": after.to_rfc3339()})),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    assert_matches("ReplayStarted", &body);
+    let (sink, id) =
+        replay_to_a_new_subscription(&app, "/replay", "com.example.replayed", before, after).await;
     let delivered = sink.wait_delivered("/replay", matching.len(), WAIT).await;
     assert_eq!(ids(&delivered), matching.into_iter().collect());
     assert!(delivered
         .iter()
         .all(|r| r.header("warren-replay") == Some("true")));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (_, listed) = app
-            .api("GET", &format!("/v1/subscriptions/{id}/replay"), None)
-            .await;
-        if listed["replays"][0]["status"] == "done" {
-            assert_matches("ReplayList", &listed);
-            assert_eq!(listed["replays"][0]["delivered"], 10);
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{listed}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let listed = wait_for_the_replay_to_finish(&app, &id).await;
+    assert_matches("ReplayList", &listed);
+    assert_eq!(listed["replays"][0]["delivered"], 10);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink.delivered("/replay").len(), 10);
     app.cleanup().await;
@@ -437,32 +456,12 @@ async fn a_replay_across_many_pages_delivers_each_stored_event_once() {
     app.wait_for_rows(490).await;
     let after = chrono::Utc::now();
 
-    let sink = TestSink::start().await;
-    let (id, _) = app
-        .subscribe(json!({"sink": sink.url("/paged"), "filters": [{"exact": {"type": "com.example.paged"}}]}))
-        .await;
-    let (status, body) = app
-        .api(
-            "POST",
-            &format!("/v1/subscriptions/{id}/replay"),
-            Some(json!({"since": before.to_rfc3339(), "until": after.to_rfc3339()})),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
+    let (sink, id) =
+        replay_to_a_new_subscription(&app, "/paged", "com.example.paged", before, after).await;
     let delivered = sink.wait_delivered("/paged", sent.len(), WAIT).await;
     assert_eq!(ids(&delivered), sent);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (_, listed) = app
-            .api("GET", &format!("/v1/subscriptions/{id}/replay"), None)
-            .await;
-        if listed["replays"][0]["status"] == "done" {
-            assert_eq!(listed["replays"][0]["delivered"], 490);
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{listed}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let listed = wait_for_the_replay_to_finish(&app, &id).await;
+    assert_eq!(listed["replays"][0]["delivered"], 490);
     assert_eq!(sink.delivered("/paged").len(), 490, "each event once");
     app.cleanup().await;
 }
