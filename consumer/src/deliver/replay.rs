@@ -1,8 +1,9 @@
 //! Replay from storage: `POST /v1/subscriptions/{id}/replay` (or `since` at creation) records a
 //! job; a worker claims it with a lease, walks the events received in `[since, until)` in the
-//! order received (`received_at`, then `seq`), delivers the ones the subscription matches (marked `warren-replay: true`) within
-//! `WARREN_DELIVERY_REPLAY_RATE` events per second, and keeps its place after every page, so a
-//! worker that stops leaves the rest to the next one. Failures become ordinary retries.
+//! order received (`received_at`, then `seq`), delivers the ones the subscription matches
+//! (marked `warren-replay: true`) within `WARREN_DELIVERY_REPLAY_RATE` events per second, and
+//! keeps its place after every page, so a worker that stops leaves the rest to the next one.
+//! Failures become ordinary retries.
 //! Replays run beside live delivery and share the subscription's in-flight limit; they are not
 //! ordered with respect to live events.
 
