@@ -66,9 +66,16 @@ pub async fn run(
         config.retention,
         cancel.clone(),
     ));
+    let copies = write::copy::pool(
+        config.database_url.expose(),
+        config.batch.writes_in_flight,
+        config.pool_timeout,
+        config.write_timeout,
+    )
+    .map_err(DbError::Pool)?;
     let worker = tokio::spawn(write::worker::run(
         Arc::clone(&config),
-        write_pool.clone(),
+        write::store::Storage::new(write_pool.clone(), copies),
         Arc::clone(&status),
         cancel.clone(),
     ));

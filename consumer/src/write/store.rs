@@ -15,15 +15,17 @@
 //! neighbours they probe (one group, except near midnight), so each statement names its day as a
 //! parameter and Postgres prunes to the partitions it touches.
 //!
-//! A batch of new messages is first written as a plain `INSERT`, which the unique storage key
-//! still guards: it fails with a unique violation if any row is stored already, and the batch is
-//! then written again with `ON CONFLICT DO NOTHING`, as a batch holding a redelivered message is
-//! at once. Duplicates are rare (redeliveries and client retries), and `ON CONFLICT` costs every
+//! A batch of new messages is first written as one `COPY` ([`super::copy`]) or, when some of its
+//! events are near midnight, as a plain `INSERT`; the unique storage key guards both: each fails
+//! with a unique violation if any row is stored already, and the batch is then written again
+//! with `ON CONFLICT DO NOTHING`, as a batch holding a redelivered message is at once. Duplicates are rare (redeliveries and client retries), and `ON CONFLICT` costs every
 //! row a second descent of the storage key, a speculative-insertion lock and one more WAL record
 //! (docs/benchmarks.md, thirty-seventh round).
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
+
+use bytes::BufMut as _;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -38,6 +40,7 @@ use shared_types::{EventData, RequestPart};
 
 use crate::db::partitions;
 use crate::db::PgPool;
+use crate::write::copy::{self, CopyError, CopyPool, RowWriter};
 use crate::write::key_ids::{KeyIds, Resolved};
 
 /// The columns a batch writes, in one list from which the struct of column arrays, the
@@ -48,12 +51,12 @@ macro_rules! written_columns {
         /// Column arrays for one insert, borrowing the batch's events: nothing is copied, and a
         /// batch written again (after a unique violation) binds the same events again.
         #[derive(Default)]
-        struct Columns<'a> {
+        pub(super) struct Columns<'a> {
             $($field: Vec<$rust>,)+
         }
 
         /// The written columns' names and SQL array element types, in bind order.
-        const WRITTEN_COLUMNS: &[(&str, &str)] = &[$(($column, $sql)),+];
+        pub(super) const WRITTEN_COLUMNS: &[(&str, &str)] = &[$(($column, $sql)),+];
 
         impl<'a> Columns<'a> {
             /// Binds every array, in [`WRITTEN_COLUMNS`] order.
@@ -63,6 +66,12 @@ macro_rules! written_columns {
             ) -> BoxedSqlQuery<'q, Pg, SqlQuery> {
                 $(query = query.bind::<Array<$diesel>, _>(&self.$field);)+
                 query
+            }
+
+            /// Appends row `row`'s written columns to a copy, in [`WRITTEN_COLUMNS`] order.
+            pub(super) fn copy_row(&self, row: usize, writer: &mut RowWriter) -> Result<(), CopyError> {
+                $(writer.field(&self.$field[row])?;)+
+                Ok(())
             }
         }
     };
@@ -96,6 +105,25 @@ impl ToSql<Jsonb, Pg> for ExtensionsJson<'_> {
         serde_json::to_writer(out, self.0)?;
         Ok(IsNull::No)
     }
+}
+
+/// The same `jsonb` value for a copy (tokio-postgres' binary encoding).
+impl tokio_postgres::types::ToSql for ExtensionsJson<'_> {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.put_u8(JSONB_FORMAT_VERSION);
+        serde_json::to_writer(out.writer(), self.0)?;
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(column_type: &tokio_postgres::types::Type) -> bool {
+        *column_type == tokio_postgres::types::Type::JSONB
+    }
+
+    tokio_postgres::types::to_sql_checked!();
 }
 
 /// The first byte of a `jsonb` value in PostgreSQL's binary format.
@@ -206,7 +234,12 @@ fn insert_statement(
 }
 
 impl<'a> Columns<'a> {
-    fn push_part(&mut self, part: &'a RequestPart, ids: &Resolved) -> diesel::QueryResult<()> {
+    /// Adds the events of `part`, with the source and type ids in `ids`.
+    pub(super) fn push_part(
+        &mut self,
+        part: &'a RequestPart,
+        ids: &Resolved,
+    ) -> diesel::QueryResult<()> {
         for event in &part.events {
             let unresolved = |what: &str, name: &str| {
                 DieselError::QueryBuilderError(
@@ -241,6 +274,23 @@ impl<'a> Columns<'a> {
         }
         Ok(())
     }
+}
+
+impl Columns<'_> {
+    /// How many rows the arrays hold.
+    pub(super) fn len(&self) -> usize {
+        self.id.len()
+    }
+
+    /// The partition day of each row, in row order.
+    pub(super) fn days(&self) -> impl Iterator<Item = NaiveDate> + '_ {
+        self.received_at.iter().map(|at| received_on(*at))
+    }
+}
+
+/// Whether an event received at `received_at` is looked for under a neighbouring day too.
+pub(super) fn probes_neighbours(received_at: DateTime<Utc>, window: RetryWindow) -> bool {
+    Neighbours::of(received_at, window) != Neighbours::None
 }
 
 /// The partition day of an event received at `received_at`: its UTC date.
@@ -317,42 +367,85 @@ pub enum WriteError {
     /// The statement or the commit failed.
     #[error("{0}")]
     Query(#[from] diesel::result::Error),
+    /// The copy of a batch of new events failed.
+    #[error("{0}")]
+    Copy(#[from] CopyError),
 }
 
-/// Where a worker stores events: its database's pool and the ids it has learned from that
+/// Where a worker stores events: its database's pools and the ids it has learned from that
 /// database.
 pub struct Storage {
     /// The write pool.
     pub pool: PgPool,
+    /// The connections batches of new events are copied over ([`copy`]).
+    pub copies: CopyPool,
     /// Ids of the sources and types seen so far.
     pub key_ids: KeyIds,
 }
 
 impl Storage {
-    /// A store on `pool` that has learned no ids yet.
-    pub fn new(pool: PgPool) -> Self {
+    /// A store on `pool` and `copies` that has learned no ids yet.
+    pub fn new(pool: PgPool, copies: CopyPool) -> Self {
         Self {
             pool,
+            copies,
             key_ids: KeyIds::default(),
         }
     }
 }
 
 /// One transaction for all `parts`; returns the number of new rows. The first attempt treats
-/// stored events as `duplicates` says; when it fails on one (a unique violation), the batch is
-/// written again skipping them. When a day has no partition yet (Postgres answers with a check
-/// violation: no partition for the row), it is created and the batch written again.
+/// stored events as `duplicates` says: new messages away from midnight are copied ([`copy`]),
+/// the rest inserted ([`insert`]); a copy that meets a stored event (a unique violation) is
+/// written again as an insert skipping duplicates, and one that meets a day without a partition
+/// is written as an insert, which creates the partition.
 pub async fn write(
+    storage: &Storage,
+    parts: &[&RequestPart],
+    window: RetryWindow,
+    duplicates: Duplicates,
+) -> Result<usize, WriteError> {
+    if duplicates == Duplicates::Fail && copy::suits(parts, window) {
+        let ids = {
+            let mut connection = connection(storage).await?;
+            resolve_ids(&mut connection, &storage.key_ids, parts).await?
+        };
+        match copy::write_new(&storage.copies, parts, &ids).await {
+            Ok(inserted) => return Ok(inserted),
+            Err(CopyError::Duplicate) => {
+                metrics::counter!("warren_consumer_batches_rewritten_total").increment(1);
+                return insert(storage, parts, window, Duplicates::Skip).await;
+            }
+            Err(CopyError::NoPartition) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    insert(storage, parts, window, duplicates).await
+}
+
+/// A connection from the write pool.
+async fn connection(
+    storage: &Storage,
+) -> Result<diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>, WriteError> {
+    storage
+        .pool
+        .get()
+        .await
+        .map_err(|error| WriteError::Pool(error.to_string()))
+}
+
+/// [`write`] without the copy: one `INSERT … SELECT FROM UNNEST` per day and neighbour group, in
+/// one transaction. The first attempt treats stored events as `duplicates` says; when it fails on
+/// one (a unique violation), the batch is written again skipping them. When a day has no
+/// partition yet (Postgres answers with a check violation: no partition for the row), it is
+/// created and the batch written again. Public so `examples/copy_cost.rs` can measure it.
+pub async fn insert(
     storage: &Storage,
     parts: &[&RequestPart],
     window: RetryWindow,
     mut duplicates: Duplicates,
 ) -> Result<usize, WriteError> {
-    let mut connection = storage
-        .pool
-        .get()
-        .await
-        .map_err(|error| WriteError::Pool(error.to_string()))?;
+    let mut connection = connection(storage).await?;
     let ids = resolve_ids(&mut connection, &storage.key_ids, parts).await?;
     let mut partitions_created = false;
     loop {

@@ -59,11 +59,10 @@ enum SessionError {
 /// Consumes until `cancel` fires, reconnecting with backoff whenever the broker connection fails.
 pub async fn run(
     config: Arc<ConsumerConfig>,
-    pool: PgPool,
+    storage: Storage,
     status: Arc<WorkerStatus>,
     cancel: CancellationToken,
 ) {
-    let storage = Storage::new(pool);
     let mut failures = 0;
     while !cancel.is_cancelled() {
         let result = session(&config, &storage, &status, &cancel).await;

@@ -51,8 +51,11 @@ async fn write_batch_to(url: &str, parts: &[&RequestPart]) -> usize {
         consumer::db::Plans::ServerChoice,
     )
     .unwrap();
+    let copies =
+        consumer::write::copy::pool(url, 1, Duration::from_secs(5), Duration::from_secs(5))
+            .unwrap();
     consumer::write::store::write(
-        &Storage::new(pool),
+        &Storage::new(pool, copies),
         parts,
         RetryWindow::default(),
         Duplicates::Fail,

@@ -36,9 +36,16 @@ async fn consumer_stopped_between_insert_and_ack_stores_once() {
         consumer::db::Plans::ServerChoice,
     )
     .unwrap();
+    let copies = consumer::write::copy::pool(
+        &app.db_url,
+        1,
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+    )
+    .unwrap();
     assert_eq!(
         consumer::write::store::write(
-            &consumer::write::store::Storage::new(pool),
+            &consumer::write::store::Storage::new(pool, copies),
             &[&part],
             consumer::write::store::RetryWindow::default(),
             consumer::write::store::Duplicates::Fail,
