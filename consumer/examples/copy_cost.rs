@@ -12,8 +12,11 @@
 //! server's side of a copy alone, from pre-generated rows.
 //!
 //! usage: cargo run --release -p consumer --example copy_cost [rounds] [batches per round]
-//! (default 4 and 50: batches of 2 000 events). Uses the database warren_copy_cost on
-//! 127.0.0.1:5432 (`WARREN_DATABASE_URL` to change it), dropped at the end.
+//! [noon|midnight] (default 4, 50 and noon: batches of 2 000 events received at today's noon,
+//! UTC). `midnight` receives them at 00:30 instead, within the default retry window of midnight,
+//! where the consumer inserts every batch with its neighbour-day lookups (so `copy` is an insert
+//! too): what those lookups cost. Uses the database warren_copy_cost on 127.0.0.1:5432
+//! (`WARREN_DATABASE_URL` to change it), dropped at the end.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::{Duration, Instant};
@@ -30,7 +33,7 @@ use tokio_postgres::types::{Json, ToSql, Type};
 const BATCH: usize = 2000;
 const PER_REQUEST: usize = 100;
 
-fn batch(round: usize, number: usize, variant: &str) -> Vec<RequestPart> {
+fn batch(round: usize, number: usize, variant: &str, hour: u32) -> Vec<RequestPart> {
     let types = ["page.viewed", "page.left", "cart.updated", "order.placed"];
     (0..BATCH / PER_REQUEST)
         .map(|request| {
@@ -47,19 +50,19 @@ fn batch(round: usize, number: usize, variant: &str) -> Vec<RequestPart> {
                     Event::from_json(value, &Validation::structural()).unwrap()
                 })
                 .collect();
-            RequestPart::new(format!("request-{request}"), noon(), events)
+            RequestPart::new(format!("request-{request}"), received_at(hour), events)
         })
         .collect()
 }
 
-/// Today's noon (UTC): every batch is received far from midnight, as most are, so the consumer
-/// writes it without the neighbour-day probes an event within `WARREN_DEDUP_RETRY_WINDOW_SECS`
-/// of midnight needs (and so without a copy).
-fn noon() -> chrono::DateTime<Utc> {
+/// When the batches are received: today at `hour`:30 (UTC). At noon, far from midnight as most
+/// batches are, the consumer writes them without the neighbour-day lookups an event within
+/// `WARREN_DEDUP_RETRY_WINDOW_SECS` of midnight needs (and so with a copy); at 00:30, with them.
+fn received_at(hour: u32) -> chrono::DateTime<Utc> {
     Utc::now()
         .date_naive()
-        .and_hms_opt(12, 0, 0)
-        .expect("noon is a time")
+        .and_hms_opt(hour, 30, 0)
+        .expect("a time of day")
         .and_utc()
 }
 
@@ -167,6 +170,11 @@ async fn main() {
     let batches: usize = arguments
         .next()
         .map_or(50, |text| text.parse().expect("batches"));
+    let hour = match arguments.next().as_deref() {
+        None | Some("noon") => 12,
+        Some("midnight") => 0,
+        Some(other) => panic!("noon or midnight, not {other}"),
+    };
     let url = std::env::var("WARREN_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/warren_copy_cost".into());
     consumer::db::migrate(&url).await.unwrap();
@@ -218,8 +226,9 @@ async fn main() {
                 .batch_execute("TRUNCATE events; CHECKPOINT")
                 .await
                 .unwrap();
-            let work: Vec<Vec<RequestPart>> =
-                (0..batches).map(|n| batch(round, n, variant)).collect();
+            let work: Vec<Vec<RequestPart>> = (0..batches)
+                .map(|n| batch(round, n, variant, hour))
+                .collect();
             let start = lsn().await;
             let (postgres_before, own_before) = cpu_seconds();
             let started = Instant::now();
