@@ -1,6 +1,6 @@
 //! Writing a batch of new events with one `COPY events (…) FROM STDIN (FORMAT binary)`.
 //!
-//! A binary `COPY` of a batch costs PostgreSQL about a sixth less CPU per row than the
+//! A binary `COPY` of a batch costs PostgreSQL about a fifth less CPU per row than the
 //! consumer's `INSERT … SELECT FROM UNNEST(arrays)` ([`super::store`]): the server reads each row
 //! straight from the stream instead of unpacking fourteen arrays through an executor plan
 //! (`cargo run --release -p consumer --example copy_cost`; docs/benchmarks.md, fortieth round).
