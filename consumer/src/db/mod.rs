@@ -92,14 +92,23 @@ pub fn pool(
     });
     let manager =
         AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config);
-    Pool::builder(manager)
+    bounded_pool(manager, size, wait_timeout).map_err(|error| DbError::Pool(error.to_string()))
+}
+
+/// A pool of at most `size` connections from `manager`, whose checkout, connect and recycle each
+/// give up after `wait_timeout`: the bounds every database pool of the consumer shares.
+pub fn bounded_pool<M: deadpool::managed::Manager>(
+    manager: M,
+    size: usize,
+    wait_timeout: Duration,
+) -> Result<deadpool::managed::Pool<M>, deadpool::managed::BuildError> {
+    deadpool::managed::Pool::builder(manager)
         .max_size(size)
         .wait_timeout(Some(wait_timeout))
         .create_timeout(Some(wait_timeout))
         .recycle_timeout(Some(wait_timeout))
         .runtime(deadpool::Runtime::Tokio1)
         .build()
-        .map_err(|error| DbError::Pool(error.to_string()))
 }
 
 /// Creates the database `url` names when it does not exist, connecting to `postgres` to do so.

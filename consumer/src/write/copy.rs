@@ -51,14 +51,7 @@ pub fn pool(
         url: url.to_owned(),
         statement_timeout,
     };
-    CopyPool::builder(manager)
-        .max_size(size)
-        .wait_timeout(Some(wait_timeout))
-        .create_timeout(Some(wait_timeout))
-        .recycle_timeout(Some(wait_timeout))
-        .runtime(deadpool::Runtime::Tokio1)
-        .build()
-        .map_err(|error| error.to_string())
+    crate::db::bounded_pool(manager, size, wait_timeout).map_err(|error| error.to_string())
 }
 
 impl managed::Manager for CopyConnections {

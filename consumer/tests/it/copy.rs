@@ -2,10 +2,9 @@
 //! arrives as an insert would write it, and the copy is what wrote them.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use consumer::write::store::{Duplicates, RetryWindow, Storage};
+use consumer::write::store::{Duplicates, RetryWindow};
 use diesel::sql_types::{Date, Jsonb, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 use serde_json::{json, Value};
@@ -96,31 +95,12 @@ async fn a_batch_of_new_events_away_from_midnight_is_copied_with_every_column() 
     let first = RequestPart::new("req-copy-1".into(), noon, vec![full.clone(), bare.clone()]);
     let second = RequestPart::new("req-copy-2".into(), noon, vec![bytes.clone()]);
 
-    let pool = consumer::db::pool(
-        &app.db_url,
-        1,
-        Duration::from_secs(5),
-        Duration::from_secs(5),
-        consumer::db::Plans::ServerChoice,
-    )
-    .unwrap();
-    let copies = consumer::write::copy::pool(
-        &app.db_url,
-        1,
-        Duration::from_secs(5),
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    let storage = Storage::new(pool, copies);
-    let stored = consumer::write::store::write(
-        &storage,
-        &[&first, &second],
-        RetryWindow::default(),
-        Duplicates::Fail,
-    )
-    .await
-    .unwrap();
-    assert_eq!(stored, 3);
+    let storage = app.storage();
+    let batch = [&first, &second];
+    let write = || {
+        consumer::write::store::write(&storage, &batch, RetryWindow::default(), Duplicates::Fail)
+    };
+    assert_eq!(write().await.unwrap(), 3);
 
     // The copy connection's last statement was the copy, and it finished (the connection idle).
     let last: Vec<LastStatement> = diesel::sql_query(
@@ -178,15 +158,7 @@ async fn a_batch_of_new_events_away_from_midnight_is_copied_with_every_column() 
 
     // The same batch again is a redelivery: the copy meets the stored events and the batch is
     // written again skipping them.
-    let again = consumer::write::store::write(
-        &storage,
-        &[&first, &second],
-        RetryWindow::default(),
-        Duplicates::Fail,
-    )
-    .await
-    .unwrap();
-    assert_eq!(again, 0);
+    assert_eq!(write().await.unwrap(), 0);
     drop(db);
     app.cleanup().await;
 }

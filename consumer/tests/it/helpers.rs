@@ -305,6 +305,12 @@ impl TestApp {
         consumer::db::connect(&self.db_url).await.unwrap()
     }
 
+    /// What a consumer writes through, on this app's database: a write pool and a copy pool of
+    /// one connection each.
+    pub fn storage(&self) -> consumer::write::store::Storage {
+        storage_of(&self.db_url)
+    }
+
     pub async fn count_rows(&self) -> i64 {
         #[derive(diesel::QueryableByName)]
         struct Count {
@@ -540,4 +546,13 @@ pub async fn rows_with_their_own_ids(db: &mut diesel_async::AsyncPgConnection) -
     .await
     .unwrap()
     .n
+}
+
+/// [`TestApp::storage`] for the database at `url`.
+pub fn storage_of(url: &str) -> consumer::write::store::Storage {
+    let timeout = Duration::from_secs(5);
+    let pool =
+        consumer::db::pool(url, 1, timeout, timeout, consumer::db::Plans::ServerChoice).unwrap();
+    let copies = consumer::write::copy::pool(url, 1, timeout, timeout).unwrap();
+    consumer::write::store::Storage::new(pool, copies)
 }

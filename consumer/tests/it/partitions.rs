@@ -3,16 +3,15 @@
 //! 2025-03-09 is a Sunday: its midnight is also the boundary between two partitions.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use consumer::db::partitions::{self, Retention};
-use consumer::write::store::{Duplicates, RetryWindow, Storage};
+use consumer::write::store::{Duplicates, RetryWindow};
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::RunQueryDsl;
 use shared_types::{Event, RequestPart};
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::helpers::{spawn_app, storage_of, TestApp};
 
 fn stored_event(id: &str) -> Event {
     Event {
@@ -43,19 +42,8 @@ fn part(id: &str, received_at: DateTime<Utc>) -> RequestPart {
 /// Writes `parts` as one batch (one transaction) into the database at `url`, as a consumer
 /// writes its deliveries.
 async fn write_batch_to(url: &str, parts: &[&RequestPart]) -> usize {
-    let pool = consumer::db::pool(
-        url,
-        1,
-        Duration::from_secs(5),
-        Duration::from_secs(5),
-        consumer::db::Plans::ServerChoice,
-    )
-    .unwrap();
-    let copies =
-        consumer::write::copy::pool(url, 1, Duration::from_secs(5), Duration::from_secs(5))
-            .unwrap();
     consumer::write::store::write(
-        &Storage::new(pool, copies),
+        &storage_of(url),
         parts,
         RetryWindow::default(),
         Duplicates::Fail,

@@ -1,8 +1,6 @@
 //! A consumer that dies after its insert committed but before its ack loses nothing and
 //! duplicates nothing: the broker redelivers, and the table key dedupes.
 
-use std::time::Duration;
-
 use lapin::options::BasicGetOptions;
 use shared_types::Envelope;
 
@@ -28,24 +26,9 @@ async fn consumer_stopped_between_insert_and_ack_stores_once() {
         .unwrap()
         .expect("a message to take");
     let part = Envelope::decode_single(&message.delivery.data).unwrap();
-    let pool = consumer::db::pool(
-        &app.db_url,
-        1,
-        Duration::from_secs(5),
-        Duration::from_secs(5),
-        consumer::db::Plans::ServerChoice,
-    )
-    .unwrap();
-    let copies = consumer::write::copy::pool(
-        &app.db_url,
-        1,
-        Duration::from_secs(5),
-        Duration::from_secs(5),
-    )
-    .unwrap();
     assert_eq!(
         consumer::write::store::write(
-            &consumer::write::store::Storage::new(pool, copies),
+            &app.storage(),
             &[&part],
             consumer::write::store::RetryWindow::default(),
             consumer::write::store::Duplicates::Fail,
