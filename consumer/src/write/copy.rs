@@ -140,6 +140,16 @@ fn statement() -> String {
     format!("COPY events ({names}) FROM STDIN (FORMAT binary)")
 }
 
+/// The copied columns' types, in statement order, worked out once.
+static COLUMN_TYPES: LazyLock<Result<Vec<Type>, String>> = LazyLock::new(|| {
+    WRITTEN_COLUMNS
+        .iter()
+        .map(|(_, sql)| *sql)
+        .chain(["date"])
+        .map(|sql| column_type(sql).ok_or_else(|| format!("no copy type for {sql}")))
+        .collect()
+});
+
 /// The PostgreSQL type of a column from its SQL name in [`WRITTEN_COLUMNS`].
 fn column_type(sql: &str) -> Option<Type> {
     match sql {
@@ -153,8 +163,8 @@ fn column_type(sql: &str) -> Option<Type> {
 }
 
 /// One row of COPY's binary format at a time, each field checked against its column's type.
-pub struct RowWriter {
-    types: Vec<Type>,
+pub struct RowWriter<'t> {
+    types: &'t [Type],
     buffer: BytesMut,
     field: usize,
 }
@@ -162,8 +172,8 @@ pub struct RowWriter {
 /// The binary format's signature, flags and header extension length (PostgreSQL's `COPY` page).
 const BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 
-impl RowWriter {
-    fn new(types: Vec<Type>, rows: usize) -> Self {
+impl<'t> RowWriter<'t> {
+    fn new(types: &'t [Type], rows: usize) -> Self {
         let mut buffer = BytesMut::with_capacity(BINARY_HEADER.len() + rows * 512 + 2);
         buffer.put_slice(BINARY_HEADER);
         Self {
@@ -220,12 +230,9 @@ pub async fn write_new(
             .push_part(part, ids)
             .map_err(|error| CopyError::Encode(error.to_string()))?;
     }
-    let types = WRITTEN_COLUMNS
-        .iter()
-        .map(|(_, sql)| *sql)
-        .chain(["date"])
-        .map(|sql| column_type(sql).ok_or_else(|| CopyError::Encode(format!("no type {sql}"))))
-        .collect::<Result<Vec<_>, _>>()?;
+    let types = COLUMN_TYPES
+        .as_ref()
+        .map_err(|error| CopyError::Encode(error.clone()))?;
     let rows = columns.len();
     let mut writer = RowWriter::new(types, rows);
     for (row, day) in columns.days().enumerate() {
@@ -273,7 +280,7 @@ mod tests {
 
     #[test]
     fn a_row_is_written_in_postgres_binary_copy_format() {
-        let mut writer = RowWriter::new(vec![Type::TEXT, Type::INT4, Type::TEXT], 1);
+        let mut writer = RowWriter::new(&[Type::TEXT, Type::INT4, Type::TEXT], 1);
         writer.start_row();
         writer.field(&"ab").unwrap();
         writer.field(&7_i32).unwrap();
@@ -292,14 +299,14 @@ mod tests {
 
     #[test]
     fn a_value_of_another_type_than_its_column_is_refused() {
-        let mut writer = RowWriter::new(vec![Type::TEXT], 1);
+        let mut writer = RowWriter::new(&[Type::TEXT], 1);
         writer.start_row();
         assert!(matches!(writer.field(&7_i32), Err(CopyError::Encode(_))));
     }
 
     #[test]
     fn more_fields_than_columns_are_refused() {
-        let mut writer = RowWriter::new(vec![Type::TEXT], 1);
+        let mut writer = RowWriter::new(&[Type::TEXT], 1);
         writer.start_row();
         writer.field(&"a").unwrap();
         assert!(matches!(writer.field(&"b"), Err(CopyError::Encode(_))));

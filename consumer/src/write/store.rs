@@ -17,17 +17,17 @@
 //!
 //! A batch of new messages is first written as one `COPY` ([`super::copy`]) or, when some of its
 //! events are near midnight, as a plain `INSERT`; the unique storage key guards both: each fails
-//! with a unique violation if any row is stored already, and the batch is then written again
-//! with `ON CONFLICT DO NOTHING`, as a batch holding a redelivered message is at once. Duplicates are rare (redeliveries and client retries), and `ON CONFLICT` costs every
-//! row a second descent of the storage key, a speculative-insertion lock and one more WAL record
-//! (docs/benchmarks.md, thirty-seventh round).
+//! with a unique violation if any row is stored already, and the batch is then written again with
+//! `ON CONFLICT DO NOTHING`, as a batch holding a redelivered message is at once. Duplicates are
+//! rare (redeliveries and client retries), and `ON CONFLICT` costs every row a second descent of
+//! the storage key, a speculative-insertion lock and one more WAL record (docs/benchmarks.md,
+//! thirty-seventh round).
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-
-use bytes::BufMut as _;
 use std::sync::LazyLock;
 
+use bytes::BufMut as _;
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::pg::Pg;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
@@ -69,7 +69,11 @@ macro_rules! written_columns {
             }
 
             /// Appends row `row`'s written columns to a copy, in [`WRITTEN_COLUMNS`] order.
-            pub(super) fn copy_row(&self, row: usize, writer: &mut RowWriter) -> Result<(), CopyError> {
+            pub(super) fn copy_row(
+                &self,
+                row: usize,
+                writer: &mut RowWriter<'_>,
+            ) -> Result<(), CopyError> {
                 $(writer.field(&self.$field[row])?;)+
                 Ok(())
             }
