@@ -619,16 +619,21 @@ async fn deliveries_and_dead_letters_show_on_the_worker_metrics() {
     let (id, _) = app.subscribe(json!({"sink": sink.url("/m")})).await;
     assert_eq!(app.post_event(&event("com.example.m")).await.status(), 202);
     sink.wait_delivered("/m", 1, WAIT).await;
-    let text = app.delivery_metrics().await;
     let delivered =
         format!("warren_delivery_attempts_total{{subscription=\"{id}\",outcome=\"delivered\"}} 1");
+    let latency = format!("warren_delivery_latency_seconds_count{{subscription=\"{id}\"}} 1");
+    // The sink counts a delivery when the request reaches it; the worker counts it when the
+    // answer is back, a moment later.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut text = app.delivery_metrics().await;
+    while !(text.contains(&delivered) && text.contains(&latency))
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = app.delivery_metrics().await;
+    }
     assert!(text.contains(&delivered), "{text}");
-    assert!(
-        text.contains(&format!(
-            "warren_delivery_latency_seconds_count{{subscription=\"{id}\"}} 1"
-        )),
-        "{text}"
-    );
+    assert!(text.contains(&latency), "{text}");
     app.cleanup().await;
 }
 
