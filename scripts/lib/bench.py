@@ -322,6 +322,7 @@ def run_wrk(name, env, target, duration, stack_dir, out_dir, env_extra, db_url):
         "events_per_s_stored": round(stored / stored_seconds), "events_stored": stored,
         "drain_after_load_s": round(max(stored_seconds - load_seconds, 0), 1),
         "reconcile": {**reconcile.by_count(accepted, rows, distinct), "lag_ms": lag},
+        "lag_p99_ms_by_5s": reconcile.lag_by_window(db_url, source),
     }
 
 
@@ -594,6 +595,12 @@ def markdown(results, peer_results, machine, date, note=""):
                       "Drain after the load (last row stored minus end of load): "
                   + ", ".join(f"{r['scenario']} {r['drain_after_load_s']} s" for r in drained)
                   + " (a drain of more than a second or two means the queue grew: accepted faster than stored)."]
+    windows = [r for r in results if r.get("lag_p99_ms_by_5s")]
+    if windows:
+        lines += ["", "Lag p99 (ms) by 5 seconds of receive time, first to last (a tail from a few of them is a "
+                      "pause, one spread over all of them is the load): "
+                  + "; ".join(f"{r['scenario']} " + " / ".join(str(v) for v in r["lag_p99_ms_by_5s"]) for r in windows)
+                  + "."]
     lines += ["", "Peak RSS (MiB) and CPU seconds per process group, per scenario; then the whole machine's "
                   "CPU seconds over the same time (busy / taken by the hypervisor / idle) and the CPU probe: "
                   "milliseconds a fixed single-threaded loop took just before the scenario, with the stack idle "

@@ -47,6 +47,19 @@ def lag_ms(db, source):
     return {"p50": p50, "p95": p95, "p99": p99, "max": longest}
 
 
+def lag_by_window(db, source, seconds=5):
+    """The lag's p99 (ms) of `source`'s rows by `seconds`-long window of their receive time,
+    oldest first: whether a run's tail is spread over the run or comes from a few seconds of it."""
+    lines = psql(db, f"""SELECT floor(extract(epoch FROM received_at - first) / {int(seconds)}),
+                               percentile_cont(0.99) WITHIN GROUP
+                                 (ORDER BY extract(epoch FROM stored_at - received_at) * 1000)
+                        FROM events, (SELECT min(received_at) AS first FROM events
+                                      WHERE source_id = (SELECT id FROM event_sources WHERE source = :'source')) AS start
+                        WHERE source_id = (SELECT id FROM event_sources WHERE source = :'source')
+                        GROUP BY 1 ORDER BY 1""", source)
+    return [round(float(line.split(",")[1])) for line in lines if "," in line and line.split(",")[1]]
+
+
 def by_ids(accepted, stored, errored=frozenset()):
     """Compares accepted ids (and ids answered with an error) with `stored_counts`."""
     return {
