@@ -161,6 +161,7 @@ impl<P: EventPublisher + Clone> Coalescer<P> {
             routing_key,
             message_id: uuid::Uuid::now_v7().to_string(),
             request_id,
+            content_encoding: None,
         };
         let result = self.inner.publisher.publish(vec![outgoing]).await;
         for waiter in group.waiters {

@@ -8,6 +8,7 @@ use service_runtime::config::{amqp_url, ConfigError, Settings};
 use service_runtime::rate_limit::{Limit, RateLimiter};
 use service_runtime::server::ServerSettings;
 use service_runtime::topology::{QueueLimits, Topology};
+use shared_types::compression::Compression;
 use shared_types::Limits;
 
 use crate::coalesce::CoalesceSettings;
@@ -216,6 +217,17 @@ fn broker(settings: &Settings<'_>, limits: &Limits) -> Result<BrokerSettings, Co
         confirm_attempt,
         max_in_flight,
         max_backoff: settings.millis("WARREN_RECONNECT_MAX_BACKOFF_MS", 5_000, 100..=300_000)?,
+        compression: publish_compression(settings)?,
+    })
+}
+
+/// `WARREN_PUBLISH_COMPRESSION`: off until every reader of the queue can take lz4.
+fn publish_compression(settings: &Settings<'_>) -> Result<Compression, ConfigError> {
+    let value = settings.string("WARREN_PUBLISH_COMPRESSION", "off");
+    Compression::parse(&value).ok_or_else(|| ConfigError {
+        name: "WARREN_PUBLISH_COMPRESSION".into(),
+        value,
+        reason: "must be off or lz4".into(),
     })
 }
 
@@ -309,6 +321,16 @@ mod tests {
         assert_eq!(registry.url.path(), "/warren");
         assert_eq!(registry.refresh, Duration::from_millis(250));
         assert!(config.schema_required);
+    }
+
+    #[test]
+    fn publish_compression_is_off_unless_set_to_lz4() {
+        assert_eq!(config(&[]).unwrap().broker.compression, Compression::Off);
+        let lz4 = config(&[("WARREN_PUBLISH_COMPRESSION", "lz4")]).unwrap();
+        assert_eq!(lz4.broker.compression, Compression::Lz4);
+        let error = config(&[("WARREN_PUBLISH_COMPRESSION", "gzip")]).unwrap_err();
+        assert_eq!(error.name, "WARREN_PUBLISH_COMPRESSION");
+        assert_eq!(error.reason, "must be off or lz4");
     }
 
     #[test]

@@ -81,6 +81,7 @@ pub fn group_by_type(
             routing_key,
             message_id: uuid::Uuid::now_v7().to_string(),
             request_id: request_id.to_owned(),
+            content_encoding: None,
         })
         .collect()
 }

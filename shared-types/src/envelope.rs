@@ -12,6 +12,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::compression::{decompress, DecompressError};
 use crate::event::Event;
 
 /// The envelope format this build writes and reads.
@@ -60,6 +61,9 @@ pub enum EnvelopeError {
     /// A reader that wants one request's events got a coalesced (version 2) envelope.
     #[error("expected a version {ENVELOPE_VERSION} envelope, got version {0}")]
     NotSingle(u32),
+    /// The message's `content_encoding` is unknown, or its body does not decompress.
+    #[error("{0}")]
+    Encoding(#[from] DecompressError),
 }
 
 impl RequestPart {
@@ -187,7 +191,16 @@ impl Envelope {
         }
     }
 
-    /// Reads a body of either version, checking the version's shape and every event.
+    /// Reads a message as it came off the queue: its body and AMQP `content_encoding`
+    /// (compressed or plain, [`crate::compression`]).
+    pub fn decode_message(
+        body: &[u8],
+        content_encoding: Option<&str>,
+    ) -> Result<Envelope, EnvelopeError> {
+        Envelope::decode(&decompress(body, content_encoding)?)
+    }
+
+    /// Reads a plain body of either version, checking the version's shape and every event.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
         #[derive(Deserialize)]
         struct VersionOnly {

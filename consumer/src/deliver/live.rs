@@ -159,7 +159,12 @@ fn take(
     key_order: Option<&Arc<KeyOrder>>,
     delivery: Delivery,
 ) -> Taken {
-    let envelope = match Envelope::decode(&delivery.data) {
+    let encoding = delivery
+        .properties
+        .content_encoding()
+        .as_ref()
+        .map(|e| e.as_str());
+    let envelope = match Envelope::decode_message(&delivery.data, encoding) {
         Ok(envelope) => envelope,
         Err(error) => {
             return Taken {

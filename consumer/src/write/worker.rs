@@ -20,6 +20,7 @@ use lapin::types::{FieldTable, LongString};
 use lapin::{Connection, ConnectionProperties};
 use service_runtime::backoff::backoff;
 use service_runtime::topology::Topology;
+use shared_types::compression::{encode_like, DecompressError};
 use shared_types::envelope::Envelope;
 use shared_types::RequestPart;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +55,8 @@ enum SessionError {
     ConnectionLost,
     #[error("dead-lettering refused events failed: {0}")]
     DeadLetter(#[from] DeadLetterError),
+    #[error("re-encoding refused events for the dead-letter queue failed: {0}")]
+    Reencode(#[from] DecompressError),
 }
 
 /// Consumes until `cancel` fires, reconnecting with backoff whenever the broker connection fails.
@@ -216,7 +219,8 @@ async fn consume(
                     None => return Err(SessionError::SubscriptionEnded),
                 };
                 metrics::counter!("warren_consumer_deliveries_total").increment(1);
-                match Envelope::decode(&delivery.data) {
+                let encoding = delivery.properties.content_encoding().as_ref().map(|e| e.as_str());
+                match Envelope::decode_message(&delivery.data, encoding) {
                     Ok(envelope) => {
                         batch.push(Pending {
                             acker: delivery.acker,
@@ -498,8 +502,11 @@ async fn isolate(
                 .properties
                 .clone()
                 .with_content_type(dead.content_type().into());
+            // The copied properties keep the original's content_encoding; so does the body.
+            let encoding = properties.content_encoding().as_ref().map(|e| e.as_str());
+            let body = encode_like(dead.encode(), encoding)?;
             dead_letters
-                .publish(&pending.routing_key, &dead.encode(), &properties, &reason)
+                .publish(&pending.routing_key, &body, &properties, &reason)
                 .await?;
         }
         pending.acker.ack(BasicAckOptions::default()).await?;

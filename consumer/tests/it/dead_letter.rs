@@ -36,6 +36,12 @@ async fn publish_garbage(app: &TestApp) {
 
 /// Takes one dead letter, returns (reason, body), and puts it back.
 async fn peek_dead_letter(app: &TestApp) -> (String, Vec<u8>) {
+    let (reason, body, _) = peek_dead_letter_encoded(app).await;
+    (reason, body)
+}
+
+/// The first dead letter's reason, body and `content_encoding`, left in the queue.
+async fn peek_dead_letter_encoded(app: &TestApp) -> (String, Vec<u8>, Option<String>) {
     let connection = app.amqp().await;
     let channel = connection.create_channel().await.unwrap();
     let message = channel
@@ -49,6 +55,12 @@ async fn peek_dead_letter(app: &TestApp) -> (String, Vec<u8>) {
     let reason =
         consumer::write::dead_letter::reason_of(message.delivery.properties.headers().as_ref());
     let body = message.delivery.data.clone();
+    let encoding = message
+        .delivery
+        .properties
+        .content_encoding()
+        .as_ref()
+        .map(|e| e.to_string());
     channel
         .basic_nack(
             message.delivery.delivery_tag,
@@ -60,7 +72,7 @@ async fn peek_dead_letter(app: &TestApp) -> (String, Vec<u8>) {
         .await
         .unwrap();
     service_runtime::amqp::close(&connection, "done").await;
-    (reason, body)
+    (reason, body, encoding)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -113,6 +125,35 @@ async fn event_the_database_refuses_is_dead_lettered_alone() {
     assert_eq!(dead.events[0].id, "poison");
     app.wait_for_depth(&app.topology().store_queue(), 0).await;
     assert_eq!(app.count_rows().await, 2);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compressed_batches_are_stored_and_a_refused_event_keeps_its_messages_encoding() {
+    let app = spawn_app_with(&[("WARREN_PUBLISH_COMPRESSION", "lz4")]).await;
+    refuse_id(&app, "poison").await;
+    let mut batch: Vec<Value> = (0..20).map(|_| event("order.placed")).collect();
+    batch[7]["id"] = "poison".into();
+
+    assert_eq!(app.post_batch(batch).await.status(), 202);
+
+    app.wait_for_rows(19).await;
+    app.wait_for_depth(&app.topology().dead_letter_queue(), 1)
+        .await;
+    let (reason, body, encoding) = peek_dead_letter_encoded(&app).await;
+    assert!(reason.contains("test_refuse"), "{reason}");
+    // The dead letter carries the original message's properties, so its body is compressed too.
+    assert_eq!(encoding.as_deref(), Some("lz4"));
+    assert!(
+        Envelope::decode(&body).is_err(),
+        "the body is not plain JSON"
+    );
+    let dead = Envelope::decode_message(&body, encoding.as_deref()).unwrap();
+    assert_eq!(dead.parts.len(), 1);
+    assert_eq!(dead.parts[0].events.len(), 1);
+    assert_eq!(dead.parts[0].events[0].id, "poison");
+    app.wait_for_depth(&app.topology().store_queue(), 0).await;
+    assert_eq!(app.count_rows().await, 19);
     app.cleanup().await;
 }
 

@@ -613,6 +613,25 @@ async fn a_slow_sink_does_not_hold_back_another_subscription() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn compressed_batches_are_delivered_event_by_event() {
+    let mut app = spawn_app_with(&[("WARREN_PUBLISH_COMPRESSION", "lz4")]).await;
+    app.start_delivery().await;
+    let sink = TestSink::start().await;
+    app.subscribe(json!({"sink": sink.url("/lz4")})).await;
+    let batch: Vec<Value> = (0..20).map(|_| event("com.example.lz4")).collect();
+    let sent: BTreeSet<String> = batch
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+
+    assert_eq!(app.post_batch(batch).await.status(), 202);
+
+    let received = sink.wait_delivered("/lz4", 20, WAIT).await;
+    assert_eq!(ids(&received), sent);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn deliveries_and_dead_letters_show_on_the_worker_metrics() {
     let app = app_with_worker().await;
     let sink = TestSink::start().await;

@@ -117,6 +117,11 @@ impl EventPublisher for BrokerPublisher {
         let _in_flight = InFlight::new(f64::from(count));
         let deadline = Instant::now() + settings.confirm_timeout;
         let timestamp = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or_default();
+        // Encoded once: a republish after a failover sends the same bytes.
+        let messages: Vec<OutgoingMessage> = messages
+            .into_iter()
+            .map(|message| message.encoded(settings.compression))
+            .collect();
 
         let mut unconfirmed: Vec<&OutgoingMessage> = messages.iter().collect();
         let mut last_error = PublishError::Unavailable;
@@ -231,13 +236,16 @@ async fn attempt(
             REQUEST_ID_HEADER.into(),
             AMQPValue::LongString(LongString::from(message.request_id.as_str())),
         );
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(message.content_type.into())
             .with_message_id(message.message_id.as_str().into())
             .with_timestamp(timestamp)
             .with_app_id("warren-gateway".into())
             .with_headers(headers);
+        if let Some(encoding) = message.content_encoding {
+            properties = properties.with_content_encoding(encoding.into());
+        }
         let sent = tokio::time::timeout_at(
             deadline,
             channel.basic_publish(

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use service_runtime::config::SecretUrl;
 use service_runtime::topology::{QueueLimits, Topology};
+use shared_types::compression::Compression;
 
 /// One AMQP message to publish: an encoded envelope and where it goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +32,23 @@ pub struct OutgoingMessage {
     pub message_id: String,
     /// The request the events came in with.
     pub request_id: String,
+    /// The body's AMQP `content_encoding`; `None` while it is plain JSON.
+    pub content_encoding: Option<&'static str>,
+}
+
+impl OutgoingMessage {
+    /// This message with its body as `compression` writes it (a body already encoded is kept).
+    pub fn encoded(self, compression: Compression) -> Self {
+        if self.content_encoding.is_some() {
+            return self;
+        }
+        let encoded = compression.encode(self.body);
+        Self {
+            body: encoded.body,
+            content_encoding: encoded.content_encoding,
+            ..self
+        }
+    }
 }
 
 /// Why a publish did not complete; every variant is retryable by the client (503).
@@ -102,4 +120,41 @@ pub struct BrokerSettings {
     pub max_in_flight: usize,
     /// Longest pause between reconnect attempts.
     pub max_backoff: Duration,
+    /// How envelopes are written on the queue: compressed, fewer bytes for the broker's log.
+    pub compression: Compression,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use shared_types::compression::{decompress, LZ4_ENCODING};
+
+    use super::*;
+
+    fn message(body: Vec<u8>) -> OutgoingMessage {
+        OutgoingMessage {
+            routing_key: "page.viewed".into(),
+            body,
+            content_type: shared_types::envelope::CONTENT_TYPE,
+            message_id: "m-1".into(),
+            request_id: "r-1".into(),
+            content_encoding: None,
+        }
+    }
+
+    #[test]
+    fn a_message_is_compressed_once_and_keeps_everything_else() {
+        let body = br#"{"specversion":"1.0","id":"e","source":"/s","type":"t"}"#.repeat(40);
+        let once = message(body.clone()).encoded(Compression::Lz4);
+        assert_eq!(once.content_encoding, Some(LZ4_ENCODING));
+        assert_eq!(once.routing_key, "page.viewed");
+        assert_eq!(once.message_id, "m-1");
+        // A republish after a failover must not compress the compressed bytes again.
+        let twice = once.clone().encoded(Compression::Lz4);
+        assert_eq!(twice, once);
+        let plain = decompress(&twice.body, twice.content_encoding).unwrap();
+        assert_eq!(plain.as_ref(), body.as_slice());
+        assert_eq!(message(body.clone()).encoded(Compression::Off).body, body);
+    }
 }
