@@ -72,15 +72,14 @@ impl Compression {
                 content_encoding: None,
             };
         }
-        let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(body.len() / 4));
         // Writing to a Vec cannot fail; should the encoder ever report an error, the plain body
         // is still a valid message.
-        match encoder.write_all(&body).map(|()| encoder.finish()) {
-            Ok(Ok(compressed)) => EncodedBody {
+        match lz4_frame(&body) {
+            Ok(compressed) => EncodedBody {
                 body: compressed,
                 content_encoding: Some(LZ4_ENCODING),
             },
-            _ => EncodedBody {
+            Err(_) => EncodedBody {
                 body,
                 content_encoding: None,
             },
@@ -96,16 +95,16 @@ pub fn encode_like(
 ) -> Result<Vec<u8>, DecompressError> {
     match content_encoding {
         None | Some("") | Some("identity") => Ok(body),
-        Some(LZ4_ENCODING) => {
-            let mut encoder =
-                lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(body.len() / 4));
-            encoder.write_all(&body).map_err(DecompressError::Corrupt)?;
-            encoder
-                .finish()
-                .map_err(|error| DecompressError::Corrupt(std::io::Error::other(error)))
-        }
+        Some(LZ4_ENCODING) => lz4_frame(&body).map_err(DecompressError::Corrupt),
         Some(other) => Err(DecompressError::Unsupported(other.to_owned())),
     }
+}
+
+/// `body` as one LZ4 frame.
+fn lz4_frame(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(body.len() / 4));
+    encoder.write_all(body)?;
+    encoder.finish().map_err(std::io::Error::other)
 }
 
 /// The plain bytes of a body published with `content_encoding`.
