@@ -1,14 +1,18 @@
 //! Coalescing single-event requests: one AMQP message for many concurrent requests.
 //!
 //! A broker message costs the same whether it carries one event or a hundred, so publishing each
-//! single-event request alone caps ingest at the broker's message rate. The [`Coalescer`] holds a
-//! single event for a short linger (at most 2 ms), gathers the other single events of the same
-//! type that arrive meanwhile, and publishes them as one version 2 message with one part per
-//! request. Every request still answers only after that message was confirmed, and all of them
-//! share its outcome: a nack or timeout is a 503 for each.
+//! single-event request alone caps ingest at the broker's message rate. The [`Coalescer`] keeps
+//! at most one message of each type (routing key) waiting for its confirm and gathers the single
+//! events that arrive meanwhile: they go out together, as one version 2 message with one part per
+//! request, as soon as that confirm comes back, the way a database commits a group. An event that
+//! finds nothing of its type in flight goes out at once, so a quiet gateway adds no wait; under
+//! load a message holds what arrived during one broker round trip, and grows as the broker slows.
+//! A group waits at most the linger (`WARREN_COALESCE_LINGER_US`) behind a slow confirm before it
+//! goes out beside it, and goes out early when it reaches `max_events`. Every request still
+//! answers only after its message was confirmed, and all of them share its outcome: a nack or
+//! timeout is a 503 for each.
 //!
-//! The flush runs in its own task, so a client that hangs up cannot cancel its neighbours'
-//! publish. A pending group is bounded by `max_events`; it flushes early when full.
+//! Each publish runs in its own task, so a client that hangs up cannot cancel its neighbours'.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,8 +27,8 @@ use crate::publish::{EventPublisher, OutgoingMessage, PublishError};
 /// How long and how much to coalesce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CoalesceSettings {
-    /// How long the first event of a group waits for others (`WARREN_COALESCE_LINGER_US`);
-    /// zero turns coalescing off.
+    /// How long a group waits behind a message of its type in flight before it goes out beside
+    /// it (`WARREN_COALESCE_LINGER_US`); zero turns coalescing off.
     pub linger: Duration,
     /// Most events in one coalesced message (`WARREN_COALESCE_MAX_EVENTS`).
     pub max_events: usize,
@@ -53,13 +57,21 @@ impl<P> Clone for Coalescer<P> {
 struct Inner<P> {
     publisher: P,
     settings: CoalesceSettings,
-    groups: Mutex<Groups>,
+    keys: Mutex<Keys>,
 }
 
 #[derive(Default)]
-struct Groups {
-    by_key: HashMap<String, Group>,
+struct Keys {
+    by_key: HashMap<String, KeyState>,
     next_generation: u64,
+}
+
+/// One routing key's messages awaiting confirms and the group gathering behind them; dropped
+/// when both are gone, so the map holds only types with traffic in flight.
+#[derive(Default)]
+struct KeyState {
+    in_flight: usize,
+    waiting: Option<Group>,
 }
 
 /// Requests waiting for the same message.
@@ -70,6 +82,8 @@ struct Group {
     waiters: Vec<oneshot::Sender<Result<(), PublishError>>>,
 }
 
+type Waiter = oneshot::Sender<Result<(), PublishError>>;
+
 impl<P: EventPublisher + Clone> Coalescer<P> {
     /// A coalescer publishing through `publisher`.
     pub fn new(publisher: P, settings: CoalesceSettings) -> Self {
@@ -77,7 +91,7 @@ impl<P: EventPublisher + Clone> Coalescer<P> {
             inner: Arc::new(Inner {
                 publisher,
                 settings,
-                groups: Mutex::new(Groups::default()),
+                keys: Mutex::new(Keys::default()),
             }),
         }
     }
@@ -90,62 +104,108 @@ impl<P: EventPublisher + Clone> Coalescer<P> {
         part: RequestPart,
     ) -> Result<(), PublishError> {
         let (done, outcome) = oneshot::channel();
-        let full = {
-            let mut groups = self
-                .inner
-                .groups
-                .lock()
-                .map_err(|_| PublishError::ConnectionLost)?;
-            let Groups {
-                by_key,
-                next_generation,
-            } = &mut *groups;
-            let group = by_key.entry(routing_key.clone()).or_insert_with(|| {
-                *next_generation += 1;
-                let generation = *next_generation;
-                let timer = self.clone();
-                let key = routing_key.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(timer.inner.settings.linger).await;
-                    timer.flush_if_current(key, generation).await;
-                });
-                Group {
-                    generation,
-                    parts: Vec::new(),
-                    events: 0,
-                    waiters: Vec::new(),
-                }
-            });
-            group.events += part.events.len();
-            group.parts.push(part);
-            group.waiters.push(done);
-            if group.events >= self.inner.settings.max_events {
-                by_key.remove(&routing_key)
-            } else {
-                None
-            }
-        };
-        if let Some(group) = full {
-            let publisher = self.clone();
-            tokio::spawn(async move { publisher.send(routing_key, group).await });
+        let ready = self.join(&routing_key, part, done)?;
+        if let Some(group) = ready {
+            self.spawn_send(routing_key, group);
         }
         outcome.await.unwrap_or(Err(PublishError::ConnectionLost))
     }
 
-    /// The linger ended: publish the group it started, unless that one already went out full.
-    async fn flush_if_current(&self, routing_key: String, generation: u64) {
-        let group = match self.inner.groups.lock() {
-            Ok(mut groups) => match groups.by_key.get(&routing_key) {
-                Some(group) if group.generation == generation => groups.by_key.remove(&routing_key),
-                _ => None,
-            },
-            Err(_) => None,
+    /// Adds `part` to its key's waiting group; returns the group if it is to go out now.
+    fn join(
+        &self,
+        routing_key: &str,
+        part: RequestPart,
+        done: Waiter,
+    ) -> Result<Option<Group>, PublishError> {
+        let mut keys = self
+            .inner
+            .keys
+            .lock()
+            .map_err(|_| PublishError::ConnectionLost)?;
+        let Keys {
+            by_key,
+            next_generation,
+        } = &mut *keys;
+        if !by_key.contains_key(routing_key) {
+            by_key.insert(routing_key.to_owned(), KeyState::default());
+        }
+        let Some(state) = by_key.get_mut(routing_key) else {
+            return Err(PublishError::ConnectionLost);
         };
-        if let Some(group) = group {
-            self.send(routing_key, group).await;
+        let idle = state.in_flight == 0;
+        let group = state.waiting.get_or_insert_with(|| {
+            *next_generation += 1;
+            let generation = *next_generation;
+            if !idle {
+                self.start_linger(routing_key.to_owned(), generation);
+            }
+            Group {
+                generation,
+                parts: Vec::new(),
+                events: 0,
+                waiters: Vec::new(),
+            }
+        });
+        group.events += part.events.len();
+        group.parts.push(part);
+        group.waiters.push(done);
+        if idle || group.events >= self.inner.settings.max_events {
+            state.in_flight += 1;
+            Ok(state.waiting.take())
+        } else {
+            Ok(None)
         }
     }
 
+    /// Bounds how long a group waits behind a slow confirm.
+    fn start_linger(&self, routing_key: String, generation: u64) {
+        let timer = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(timer.inner.settings.linger).await;
+            if let Some(group) = timer.take_waiting(&routing_key, Some(generation), false) {
+                timer.send(routing_key, group).await;
+            }
+        });
+    }
+
+    /// Takes `routing_key`'s waiting group to publish it (counting it in flight), if there is
+    /// one and it is still `generation` (any, when `None`); `confirmed` first counts one message
+    /// of the key as no longer in flight.
+    fn take_waiting(
+        &self,
+        routing_key: &str,
+        generation: Option<u64>,
+        confirmed: bool,
+    ) -> Option<Group> {
+        let mut keys = self.inner.keys.lock().ok()?;
+        let state = keys.by_key.get_mut(routing_key)?;
+        if confirmed {
+            state.in_flight = state.in_flight.saturating_sub(1);
+        }
+        let matches = state
+            .waiting
+            .as_ref()
+            .is_some_and(|group| generation.is_none_or(|g| g == group.generation));
+        let group = if matches {
+            state.in_flight += 1;
+            state.waiting.take()
+        } else {
+            None
+        };
+        if state.in_flight == 0 && state.waiting.is_none() {
+            keys.by_key.remove(routing_key);
+        }
+        group
+    }
+
+    fn spawn_send(&self, routing_key: String, group: Group) {
+        let publisher = self.clone();
+        tokio::spawn(async move { publisher.send(routing_key, group).await });
+    }
+
+    /// Publishes `group`, sends the group that gathered behind it on its way, then answers its
+    /// requests.
     async fn send(&self, routing_key: String, group: Group) {
         metrics::histogram!("warren_gateway_coalesced_message_events")
             .record(group.parts.len() as f64);
@@ -158,12 +218,15 @@ impl<P: EventPublisher + Clone> Coalescer<P> {
         let outgoing = OutgoingMessage {
             body: message.encode(),
             content_type: message.content_type(),
-            routing_key,
+            routing_key: routing_key.clone(),
             message_id: uuid::Uuid::now_v7().to_string(),
             request_id,
             content_encoding: None,
         };
         let result = self.inner.publisher.publish(vec![outgoing]).await;
+        if let Some(next) = self.take_waiting(&routing_key, None, true) {
+            self.spawn_send(routing_key, next);
+        }
         for waiter in group.waiters {
             // A waiter whose client hung up has dropped its receiver; nothing to tell it.
             let _ = waiter.send(result);
@@ -216,17 +279,55 @@ mod tests {
             .collect()
     }
 
+    /// Lets every spawned task run as far as it can without time passing.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn sizes(publisher: &MemoryPublisher) -> Vec<usize> {
+        decoded(publisher)
+            .iter()
+            .map(|(_, m)| m.event_count())
+            .collect()
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn concurrent_single_events_of_one_type_share_one_message() {
+    async fn an_event_that_finds_nothing_in_flight_goes_out_at_once_as_version_1() {
         let (coalescer, publisher) = coalescer(100);
-        let results = join_all(
-            (0..10).map(|n| coalescer.publish("page.viewed".into(), part(n, "page.viewed"))),
-        )
-        .await;
-        assert!(results.iter().all(Result::is_ok));
+        let started = tokio::time::Instant::now();
+        coalescer.publish("t".into(), part(1, "t")).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::ZERO);
         let messages = decoded(&publisher);
         assert_eq!(messages.len(), 1);
-        let (key, message) = &messages[0];
+        assert_eq!(messages[0].1.version, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_that_arrive_during_a_confirm_share_the_next_message_in_order() {
+        let (coalescer, publisher) = coalescer(100);
+        publisher.hold_confirms(true);
+        let requests: Vec<_> = (0..10)
+            .map(|n| {
+                let coalescer = coalescer.clone();
+                tokio::spawn(async move {
+                    coalescer
+                        .publish("page.viewed".into(), part(n, "page.viewed"))
+                        .await
+                })
+            })
+            .collect();
+        settle().await;
+        // The first went out alone; the other nine wait behind its confirm.
+        assert_eq!(sizes(&publisher), vec![1]);
+        publisher.hold_confirms(false);
+        for request in requests {
+            request.await.unwrap().unwrap();
+        }
+        let messages = decoded(&publisher);
+        assert_eq!(messages.len(), 2);
+        let (key, message) = &messages[1];
         assert_eq!(key, "page.viewed");
         assert_eq!(message.version, 2);
         let ids: Vec<&str> = message
@@ -234,52 +335,94 @@ mod tests {
             .iter()
             .map(|p| p.request_id.as_str())
             .collect();
-        let expected: Vec<String> = (0..10).map(|n| format!("req-{n}")).collect();
+        let expected: Vec<String> = (1..10).map(|n| format!("req-{n}")).collect();
         assert_eq!(ids, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_group_waits_behind_a_slow_confirm_for_the_linger_at_most() {
+        let (coalescer, publisher) = coalescer(100);
+        publisher.hold_confirms(true);
+        let first = tokio::spawn({
+            let coalescer = coalescer.clone();
+            async move { coalescer.publish("t".into(), part(0, "t")).await }
+        });
+        settle().await;
+        let second = tokio::spawn({
+            let coalescer = coalescer.clone();
+            async move { coalescer.publish("t".into(), part(1, "t")).await }
+        });
+        settle().await;
+        assert_eq!(sizes(&publisher), vec![1]);
+        // tokio's timers tick in whole milliseconds: check well inside and well past the 2 ms.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        settle().await;
+        assert_eq!(
+            sizes(&publisher),
+            vec![1],
+            "went out before the linger ended"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        settle().await;
+        assert_eq!(
+            sizes(&publisher),
+            vec![1, 1],
+            "still waiting after the linger"
+        );
+        publisher.hold_confirms(false);
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
     }
 
     #[tokio::test(start_paused = true)]
     async fn types_are_never_mixed_in_one_message() {
         let (coalescer, publisher) = coalescer(100);
-        let results = join_all((0..9).map(|n| {
-            let kind = ["a.one", "b.two", "c.three"][n % 3];
-            coalescer.publish(kind.into(), part(n, kind))
-        }))
-        .await;
-        assert!(results.iter().all(Result::is_ok));
+        publisher.hold_confirms(true);
+        let requests: Vec<_> = (0..9)
+            .map(|n| {
+                let coalescer = coalescer.clone();
+                let kind = ["a.one", "b.two", "c.three"][n % 3];
+                tokio::spawn(async move { coalescer.publish(kind.into(), part(n, kind)).await })
+            })
+            .collect();
+        settle().await;
+        publisher.hold_confirms(false);
+        for request in requests {
+            request.await.unwrap().unwrap();
+        }
         let messages = decoded(&publisher);
-        assert_eq!(messages.len(), 3);
-        for (key, message) in messages {
-            assert_eq!(message.event_count(), 3);
+        // Per type: the first alone (nothing of its type was in flight), the other two together.
+        assert_eq!(messages.len(), 6);
+        for (key, message) in &messages {
             assert!(message
                 .parts
                 .iter()
                 .flat_map(|p| &p.events)
-                .all(|e| e.event_type == key));
+                .all(|e| e.event_type == *key));
         }
+        let mut sizes: Vec<usize> = messages.iter().map(|(_, m)| m.event_count()).collect();
+        sizes.sort_unstable();
+        assert_eq!(sizes, vec![1, 1, 1, 2, 2, 2]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_full_group_goes_out_without_waiting_and_none_exceeds_the_bound() {
         let (coalescer, publisher) = coalescer(4);
-        let results = join_all((0..10).map(|n| coalescer.publish("t".into(), part(n, "t")))).await;
-        assert!(results.iter().all(Result::is_ok));
-        let sizes: Vec<usize> = decoded(&publisher)
-            .iter()
-            .map(|(_, m)| m.event_count())
+        publisher.hold_confirms(true);
+        let requests: Vec<_> = (0..10)
+            .map(|n| {
+                let coalescer = coalescer.clone();
+                tokio::spawn(async move { coalescer.publish("t".into(), part(n, "t")).await })
+            })
             .collect();
-        assert_eq!(sizes, vec![4, 4, 2]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_lone_event_goes_out_as_version_1_after_the_linger() {
-        let (coalescer, publisher) = coalescer(100);
-        let started = tokio::time::Instant::now();
-        coalescer.publish("t".into(), part(1, "t")).await.unwrap();
-        assert!(started.elapsed() >= Duration::from_millis(2));
-        let messages = decoded(&publisher);
-        assert_eq!(messages.len(), 1);
-        assert_eq!(messages[0].1.version, 1);
+        settle().await;
+        // Confirms are held and no time passed: only the first and the full groups went out.
+        assert_eq!(sizes(&publisher), vec![1, 4, 4]);
+        publisher.hold_confirms(false);
+        for request in requests {
+            request.await.unwrap().unwrap();
+        }
+        assert_eq!(sizes(&publisher), vec![1, 4, 4, 1]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -296,17 +439,36 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_request_that_goes_away_does_not_stop_the_others() {
         let (coalescer, publisher) = coalescer(100);
-        let abandoned = tokio::spawn({
+        publisher.hold_confirms(true);
+        let first = tokio::spawn({
             let coalescer = coalescer.clone();
             async move { coalescer.publish("t".into(), part(0, "t")).await }
         });
-        tokio::task::yield_now().await;
+        settle().await;
+        let abandoned = tokio::spawn({
+            let coalescer = coalescer.clone();
+            async move { coalescer.publish("t".into(), part(1, "t")).await }
+        });
+        settle().await;
         abandoned.abort();
-        coalescer.publish("t".into(), part(1, "t")).await.unwrap();
-        let messages = decoded(&publisher);
-        let events: usize = messages.iter().map(|(_, m)| m.event_count()).sum();
-        // The abandoned event was already handed over: it is published (the client never got a
-        // 202, so a retry is deduplicated by the store).
-        assert_eq!(events, 2);
+        let kept = tokio::spawn({
+            let coalescer = coalescer.clone();
+            async move { coalescer.publish("t".into(), part(2, "t")).await }
+        });
+        settle().await;
+        publisher.hold_confirms(false);
+        first.await.unwrap().unwrap();
+        kept.await.unwrap().unwrap();
+        // The abandoned event was already handed over: it is published with its neighbour (the
+        // client never got a 202, so a retry is deduplicated by the store).
+        assert_eq!(sizes(&publisher), vec![1, 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_type_leaves_nothing_behind() {
+        let (coalescer, _publisher) = coalescer(100);
+        join_all((0..5).map(|n| coalescer.publish("t".into(), part(n, "t")))).await;
+        settle().await;
+        assert!(coalescer.inner.keys.lock().unwrap().by_key.is_empty());
     }
 }

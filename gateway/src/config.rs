@@ -67,10 +67,10 @@ impl GatewayConfig {
             coalesce: CoalesceSettings {
                 linger: Duration::from_micros(settings.bounded(
                     "WARREN_COALESCE_LINGER_US",
-                    // 2 ms, not 1: 11% less CPU per single event and 6% more of them through
-                    // nginx on two cores, p99 no worse (docs/benchmarks.md, seventeenth round).
+                    // The longest a group waits behind a confirm: 2 and 5 ms carried the same
+                    // single events through nginx (docs/benchmarks.md, forty-second round).
                     2_000,
-                    0..=2_000,
+                    0..=10_000,
                 )?),
                 max_events: settings.bounded(
                     "WARREN_COALESCE_MAX_EVENTS",
