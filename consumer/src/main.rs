@@ -19,7 +19,7 @@ async fn run() -> anyhow::Result<()> {
         let settings = service_runtime::config::Settings::from_env();
         let database_url =
             ConsumerConfig::database_url(&settings).context("invalid configuration")?;
-        service_runtime::telemetry::init("info")?;
+        let _log = service_runtime::telemetry::init("info")?;
         let applied = consumer::db::migrate(database_url.expose()).await?;
         println!("migrations applied: {applied}");
         return Ok(());
@@ -31,7 +31,7 @@ async fn run() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         None | Some("serve") => {}
         Some("deliver") => {
-            service_runtime::telemetry::init("info,lapin=warn")?;
+            let _log = service_runtime::telemetry::init("info,lapin=warn")?;
             let listener = tokio::net::TcpListener::bind(config.addr)
                 .await
                 .with_context(|| format!("cannot listen on {} (WARREN_CONSUMER_ADDR)", config.addr))?;
@@ -47,7 +47,7 @@ async fn run() -> anyhow::Result<()> {
             "unknown subcommand {other:?}; usage: consumer [serve|deliver|migrate|dlq|healthcheck|teardown]"
         ),
     }
-    service_runtime::telemetry::init("info,lapin=warn")?;
+    let _log = service_runtime::telemetry::init("info,lapin=warn")?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("cannot listen on {} (WARREN_CONSUMER_ADDR)", config.addr))?;

@@ -47,7 +47,7 @@ async fn run() -> anyhow::Result<()> {
         Some("healthcheck") => return service_runtime::healthcheck::probe(config.addr).await,
         Some(other) => anyhow::bail!("unknown subcommand {other:?}; {USAGE}"),
     }
-    service_runtime::telemetry::init("info,lapin=warn,lapin::returned_messages=error")?;
+    let _log = service_runtime::telemetry::init("info,lapin=warn,lapin::returned_messages=error")?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("cannot listen on {} (WARREN_GATEWAY_ADDR)", config.addr))?;
