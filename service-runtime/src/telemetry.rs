@@ -33,10 +33,9 @@ pub struct LogGuard {
 /// Installs the global subscriber; `default_filter` applies when `WARREN_LOG` is unset.
 ///
 /// Lines go to stdout from a thread of their own, as many per write as have queued since the
-/// last: a busy gateway's worker thread then makes no system call per request line (one per line
-/// cost 6–9% of the single events it carried through nginx: docs/benchmarks.md, forty-second
-/// round). A quiet service still writes each line at once. Nothing is dropped: when 128 000
-/// lines are queued, logging waits for the writer.
+/// last, so a busy gateway's one worker thread makes no system call per request line
+/// (docs/benchmarks.md, forty-second round). A quiet service still writes each line at once.
+/// Nothing is dropped: when 128 000 lines are queued, logging waits for the writer.
 pub fn init(default_filter: &str) -> Result<LogGuard, TelemetryError> {
     let filter = match std::env::var(LOG_ENV) {
         Ok(text) if !text.trim().is_empty() => {
