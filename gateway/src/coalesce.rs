@@ -279,6 +279,16 @@ mod tests {
             .collect()
     }
 
+    /// One single-event request of `kind`, in a task of its own as a connection would send it.
+    fn spawn_publish(
+        coalescer: &Coalescer<MemoryPublisher>,
+        request: usize,
+        kind: &'static str,
+    ) -> tokio::task::JoinHandle<Result<(), PublishError>> {
+        let coalescer = coalescer.clone();
+        tokio::spawn(async move { coalescer.publish(kind.into(), part(request, kind)).await })
+    }
+
     /// Lets every spawned task run as far as it can without time passing.
     async fn settle() {
         for _ in 0..10 {
@@ -309,14 +319,7 @@ mod tests {
         let (coalescer, publisher) = coalescer(100);
         publisher.hold_confirms(true);
         let requests: Vec<_> = (0..10)
-            .map(|n| {
-                let coalescer = coalescer.clone();
-                tokio::spawn(async move {
-                    coalescer
-                        .publish("page.viewed".into(), part(n, "page.viewed"))
-                        .await
-                })
-            })
+            .map(|n| spawn_publish(&coalescer, n, "page.viewed"))
             .collect();
         settle().await;
         // The first went out alone; the other nine wait behind its confirm.
@@ -343,15 +346,9 @@ mod tests {
     async fn a_group_waits_behind_a_slow_confirm_for_the_linger_at_most() {
         let (coalescer, publisher) = coalescer(100);
         publisher.hold_confirms(true);
-        let first = tokio::spawn({
-            let coalescer = coalescer.clone();
-            async move { coalescer.publish("t".into(), part(0, "t")).await }
-        });
+        let first = spawn_publish(&coalescer, 0, "t");
         settle().await;
-        let second = tokio::spawn({
-            let coalescer = coalescer.clone();
-            async move { coalescer.publish("t".into(), part(1, "t")).await }
-        });
+        let second = spawn_publish(&coalescer, 1, "t");
         settle().await;
         assert_eq!(sizes(&publisher), vec![1]);
         // tokio's timers tick in whole milliseconds: check well inside and well past the 2 ms.
@@ -379,11 +376,7 @@ mod tests {
         let (coalescer, publisher) = coalescer(100);
         publisher.hold_confirms(true);
         let requests: Vec<_> = (0..9)
-            .map(|n| {
-                let coalescer = coalescer.clone();
-                let kind = ["a.one", "b.two", "c.three"][n % 3];
-                tokio::spawn(async move { coalescer.publish(kind.into(), part(n, kind)).await })
-            })
+            .map(|n| spawn_publish(&coalescer, n, ["a.one", "b.two", "c.three"][n % 3]))
             .collect();
         settle().await;
         publisher.hold_confirms(false);
@@ -409,12 +402,7 @@ mod tests {
     async fn a_full_group_goes_out_without_waiting_and_none_exceeds_the_bound() {
         let (coalescer, publisher) = coalescer(4);
         publisher.hold_confirms(true);
-        let requests: Vec<_> = (0..10)
-            .map(|n| {
-                let coalescer = coalescer.clone();
-                tokio::spawn(async move { coalescer.publish("t".into(), part(n, "t")).await })
-            })
-            .collect();
+        let requests: Vec<_> = (0..10).map(|n| spawn_publish(&coalescer, n, "t")).collect();
         settle().await;
         // Confirms are held and no time passed: only the first and the full groups went out.
         assert_eq!(sizes(&publisher), vec![1, 4, 4]);
@@ -440,21 +428,12 @@ mod tests {
     async fn a_request_that_goes_away_does_not_stop_the_others() {
         let (coalescer, publisher) = coalescer(100);
         publisher.hold_confirms(true);
-        let first = tokio::spawn({
-            let coalescer = coalescer.clone();
-            async move { coalescer.publish("t".into(), part(0, "t")).await }
-        });
+        let first = spawn_publish(&coalescer, 0, "t");
         settle().await;
-        let abandoned = tokio::spawn({
-            let coalescer = coalescer.clone();
-            async move { coalescer.publish("t".into(), part(1, "t")).await }
-        });
+        let abandoned = spawn_publish(&coalescer, 1, "t");
         settle().await;
         abandoned.abort();
-        let kept = tokio::spawn({
-            let coalescer = coalescer.clone();
-            async move { coalescer.publish("t".into(), part(2, "t")).await }
-        });
+        let kept = spawn_publish(&coalescer, 2, "t");
         settle().await;
         publisher.hold_confirms(false);
         first.await.unwrap().unwrap();
