@@ -4,7 +4,8 @@
 //! drain ([`server`]), JSON responses ([`http_json`]) and the errors both
 //! services map alike ([`http_error`]), API keys ([`auth`]) and the keys a stack makes for
 //! itself ([`key_store`]), per-key rate limits
-//! ([`rate_limit`]), Prometheus metrics ([`metrics`]), logs ([`telemetry`]), the shutdown signal
+//! ([`rate_limit`]), Prometheus metrics ([`metrics`]), logs ([`telemetry`], written by
+//! [`log_writer`]), the shutdown signal
 //! ([`shutdown`]), reconnect backoff ([`backoff`]), the container health probe ([`healthcheck`]),
 //! the broker names and declarations ([`topology`]), connecting to one node of a broker cluster
 //! ([`amqp`]), and the tokio runtime sized by `WARREN_WORKER_THREADS` ([`runtime`]).
@@ -18,6 +19,7 @@ pub mod healthcheck;
 pub mod http_error;
 pub mod http_json;
 pub mod key_store;
+pub mod log_writer;
 pub mod metrics;
 pub mod rate_limit;
 pub mod runtime;

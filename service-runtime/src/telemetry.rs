@@ -1,13 +1,15 @@
 //! Log setup shared by both services.
 //!
 //! JSON lines when stdout is not a terminal (what log shippers read), readable lines when it is;
-//! the filter comes from `WARREN_LOG` in `EnvFilter` syntax. A thread of its own writes them.
+//! the filter comes from `WARREN_LOG` in `EnvFilter` syntax. A thread of its own writes them
+//! ([`crate::log_writer`]).
 
-use std::io::{BufWriter, IsTerminal};
+use std::io::IsTerminal;
 use std::sync::Once;
 
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
+
+use crate::log_writer::{self, WriterGuard};
 
 /// The variable holding the log filter.
 pub const LOG_ENV: &str = "WARREN_LOG";
@@ -21,21 +23,25 @@ pub enum TelemetryError {
     /// Another global subscriber was installed first.
     #[error("a log subscriber is already installed")]
     AlreadyInstalled,
+    /// The operating system refused the writer thread.
+    #[error("cannot start the log writer thread: {0}")]
+    WriterThread(#[source] std::io::Error),
 }
 
 /// Keeps the thread that writes the log alive; dropping it writes out what is queued, so
 /// `main` holds it until the service has stopped.
 #[must_use = "dropping the guard stops the log writer"]
 pub struct LogGuard {
-    _writer: WorkerGuard,
+    _writer: WriterGuard,
 }
 
 /// Installs the global subscriber; `default_filter` applies when `WARREN_LOG` is unset.
 ///
-/// Lines go to stdout from a thread of their own, as many per write as have queued since the
-/// last, so a busy gateway's one worker thread makes no system call per request line
-/// (docs/benchmarks.md, forty-second round). A quiet service still writes each line at once.
-/// Nothing is dropped: when 128 000 lines are queued, logging waits for the writer.
+/// Lines go to stdout from a thread of their own, gathered for up to
+/// [`log_writer::GATHER`] under load, so a busy gateway's one worker thread makes no system
+/// call per request line (docs/benchmarks.md, forty-second and forty-third rounds). A quiet
+/// service still writes each line at once. Nothing is dropped: past
+/// [`log_writer::MAX_QUEUED_BYTES`] queued, logging waits for the writer.
 pub fn init(default_filter: &str) -> Result<LogGuard, TelemetryError> {
     let filter = match std::env::var(LOG_ENV) {
         Ok(text) if !text.trim().is_empty() => {
@@ -43,10 +49,12 @@ pub fn init(default_filter: &str) -> Result<LogGuard, TelemetryError> {
         }
         _ => EnvFilter::new(default_filter),
     };
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("warren-log")
-        .finish(BufWriter::new(std::io::stdout()));
+    let (writer, guard) = log_writer::spawn(
+        std::io::stdout(),
+        log_writer::GATHER,
+        log_writer::MAX_QUEUED_BYTES,
+    )
+    .map_err(TelemetryError::WriterThread)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true)
