@@ -219,6 +219,7 @@ impl<P: EventPublisher + Clone> Coalescer<P> {
             body: message.encode(),
             content_type: message.content_type(),
             routing_key: routing_key.clone(),
+            cc: Vec::new(),
             message_id: uuid::Uuid::now_v7().to_string(),
             request_id,
             content_encoding: None,

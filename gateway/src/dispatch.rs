@@ -1,7 +1,8 @@
 //! From one request's accepted events to confirmed broker messages.
 //!
-//! Topic routing is by event type, so a request's events go out as one message per type (in order
-//! of first appearance): a request of N events costs one broker round trip per type, not per event.
+//! Topic routing is by event type; a request's events go out together, as one message routed by
+//! every type it carries (RabbitMQ's `CC` header), so a request of N events costs one broker
+//! round trip, not one per event or per type, and keeps its order on the queue.
 //! A request of exactly one event instead joins the [`Coalescer`], which shares one message among
 //! concurrent single-event requests of the same type. Either way, the call returns only once the
 //! broker confirmed every message the events went out in.
@@ -50,38 +51,52 @@ impl<P: EventPublisher> Dispatcher<P> {
                 self.coalescer.publish(routing_key, part).await
             }
             _ => {
-                let messages = group_by_type(request_id, received_at, events);
+                let messages = messages_for(request_id, received_at, events);
                 self.publisher.publish(messages).await
             }
         }
     }
 }
 
-/// One version 1 message per event type, in order of first appearance.
-pub fn group_by_type(
+/// Most distinct event types one message carries: each is a routing key the exchange matches
+/// against every binding, so a request of thousands of types goes out as several messages.
+pub const MAX_TYPES_PER_MESSAGE: usize = 32;
+
+/// A request's events as version 1 messages, in order: one message unless they span more than
+/// [`MAX_TYPES_PER_MESSAGE`] types. Each is routed by its first event's type, and by the other
+/// types it carries through `CC`, so one broker round trip serves every type of the request.
+pub fn messages_for(
     request_id: &str,
     received_at: DateTime<Utc>,
     events: Vec<Event>,
 ) -> Vec<OutgoingMessage> {
-    let mut groups: Vec<(String, Vec<Event>)> = Vec::new();
+    let mut runs: Vec<(Vec<String>, Vec<Event>)> = Vec::new();
     for event in events {
-        match groups
-            .iter_mut()
-            .find(|(kind, _)| *kind == event.event_type)
-        {
-            Some((_, members)) => members.push(event),
-            None => groups.push((event.event_type.clone(), vec![event])),
+        let fits = runs.last().is_some_and(|(types, _)| {
+            types.contains(&event.event_type) || types.len() < MAX_TYPES_PER_MESSAGE
+        });
+        if !fits {
+            runs.push((Vec::new(), Vec::new()));
+        }
+        if let Some((types, members)) = runs.last_mut() {
+            if !types.contains(&event.event_type) {
+                types.push(event.event_type.clone());
+            }
+            members.push(event);
         }
     }
-    groups
-        .into_iter()
-        .map(|(routing_key, events)| OutgoingMessage {
-            body: Envelope::single(request_id.to_owned(), received_at, events).encode(),
-            content_type: CONTENT_TYPE,
-            routing_key,
-            message_id: uuid::Uuid::now_v7().to_string(),
-            request_id: request_id.to_owned(),
-            content_encoding: None,
+    runs.into_iter()
+        .map(|(mut types, events)| {
+            let routing_key = types.remove(0);
+            OutgoingMessage {
+                body: Envelope::single(request_id.to_owned(), received_at, events).encode(),
+                content_type: CONTENT_TYPE,
+                routing_key,
+                cc: types,
+                message_id: uuid::Uuid::now_v7().to_string(),
+                request_id: request_id.to_owned(),
+                content_encoding: None,
+            }
         })
         .collect()
 }
@@ -109,13 +124,46 @@ mod tests {
     }
 
     #[test]
-    fn events_are_grouped_by_type_in_order_of_first_appearance() {
+    fn a_request_goes_out_as_one_message_routed_by_each_of_its_types() {
         let events = vec![event("1", "b"), event("2", "a"), event("3", "b")];
-        let messages = group_by_type("req", Utc::now(), events);
-        let keys: Vec<&str> = messages.iter().map(|m| m.routing_key.as_str()).collect();
-        assert_eq!(keys, ["b", "a"]);
-        let first = Envelope::decode_single(&messages[0].body).unwrap();
-        let ids: Vec<&str> = first.events.iter().map(|e| e.id.as_str()).collect();
-        assert_eq!(ids, ["1", "3"]);
+        let messages = messages_for("req", Utc::now(), events);
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].routing_key, "b");
+        assert_eq!(messages[0].cc, ["a"]);
+        let envelope = Envelope::decode_single(&messages[0].body).unwrap();
+        let ids: Vec<&str> = envelope.events.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["1", "2", "3"]);
+    }
+
+    #[test]
+    fn a_request_of_one_type_has_no_cc() {
+        let events = vec![event("1", "a"), event("2", "a")];
+        let messages = messages_for("req", Utc::now(), events);
+        assert_eq!(messages.len(), 1);
+        assert!(messages[0].cc.is_empty());
+    }
+
+    #[test]
+    fn past_the_type_bound_the_events_are_split_in_order() {
+        let total = MAX_TYPES_PER_MESSAGE * 2 + 1;
+        let mut events: Vec<Event> = (0..total)
+            .map(|n| event(&n.to_string(), &format!("type.{n}")))
+            .collect();
+        // A type already in the first message does not start another one.
+        events.insert(5, event("again", "type.0"));
+        let messages = messages_for("req", Utc::now(), events);
+        let sizes: Vec<usize> = messages.iter().map(|m| m.cc.len() + 1).collect();
+        assert_eq!(sizes, [MAX_TYPES_PER_MESSAGE, MAX_TYPES_PER_MESSAGE, 1]);
+        let ids: Vec<String> = messages
+            .iter()
+            .flat_map(|m| Envelope::decode_single(&m.body).unwrap().events)
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids.len(), total + 1);
+        assert_eq!(ids[5], "again");
+        assert_eq!(
+            messages[1].routing_key,
+            format!("type.{MAX_TYPES_PER_MESSAGE}")
+        );
     }
 }

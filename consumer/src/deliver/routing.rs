@@ -1,9 +1,10 @@
 //! Which routing keys a subscription's queue is bound with. The gateway publishes each message
-//! with its events' type as the routing key on the topic exchange, so a subscription whose
-//! filters name types (`types`, `exact` or `prefix` on `type`, …) binds only those, and its
-//! queue never receives, nor its worker decodes, the events it could not match. The binding is
-//! a cover, never a filter: it may let through more than matches (the worker still applies the
-//! filters), never less. Anything it cannot express binds `#`, every key.
+//! on the topic exchange routed by every type its events have (the routing key and the `CC`
+//! header), so a subscription whose filters name types (`types`, `exact` or `prefix` on `type`,
+//! …) binds only those, and its queue never receives a message without an event it could
+//! match. The binding is a cover, never a filter: it may let through more than matches (the
+//! worker still applies the filters), never less. Anything it cannot express binds `#`, every
+//! key.
 
 use std::collections::BTreeSet;
 

@@ -25,6 +25,11 @@ use tokio_util::sync::CancellationToken;
 use super::connection::{supervise, Live, Shared};
 use super::{BrokerSettings, EventPublisher, OutgoingMessage, PublishError};
 
+/// RabbitMQ's sender-selected distribution header: further routing keys for one message. `CC`,
+/// not `BCC`, so that the keys stay on the message and a dead letter replayed to the exchange is
+/// routed as the original was.
+const CC_HEADER: &str = "CC";
+
 /// The RabbitMQ publisher; cheap to clone.
 #[derive(Clone)]
 pub struct BrokerPublisher {
@@ -236,6 +241,14 @@ async fn attempt(
             REQUEST_ID_HEADER.into(),
             AMQPValue::LongString(LongString::from(message.request_id.as_str())),
         );
+        if !message.cc.is_empty() {
+            let keys = message
+                .cc
+                .iter()
+                .map(|key| AMQPValue::LongString(LongString::from(key.as_str())))
+                .collect::<Vec<_>>();
+            headers.insert(CC_HEADER.into(), AMQPValue::FieldArray(keys.into()));
+        }
         let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(message.content_type.into())

@@ -22,8 +22,12 @@ use shared_types::compression::Compression;
 /// One AMQP message to publish: an encoded envelope and where it goes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutgoingMessage {
-    /// The event type the envelope's events share; topic routing key.
+    /// The type of the envelope's first event; the topic routing key.
     pub routing_key: String,
+    /// The other event types the envelope carries, sent as RabbitMQ's `CC` header so that the
+    /// topic exchange routes the one message as if published with each of them: a queue bound
+    /// to any of its types gets it once. Empty when every event has the routing key's type.
+    pub cc: Vec<String>,
     /// The encoded envelope.
     pub body: Vec<u8>,
     /// The envelope version's media type.
@@ -135,6 +139,7 @@ mod tests {
     fn message(body: Vec<u8>) -> OutgoingMessage {
         OutgoingMessage {
             routing_key: "page.viewed".into(),
+            cc: Vec::new(),
             body,
             content_type: shared_types::envelope::CONTENT_TYPE,
             message_id: "m-1".into(),

@@ -32,7 +32,7 @@ pub struct Event {
     pub id: String,
     /// URI-reference of the producer.
     pub source: String,
-    /// What happened, e.g. `com.example.page.viewed`; also the AMQP routing key.
+    /// What happened, e.g. `com.example.page.viewed`; also what the broker routes its message by.
     pub event_type: String,
     /// What the event is about, within the source.
     pub subject: Option<String>,
