@@ -2,19 +2,19 @@
 //!
 //! A broker message costs the same whether it carries one event or a hundred, so publishing each
 //! single-event request alone caps ingest at the broker's message rate. The [`Coalescer`] keeps
-//! at most one message of each type (routing key) waiting for its confirm and gathers the single
-//! events that arrive meanwhile: they go out together, as one version 2 message with one part per
-//! request, as soon as that confirm comes back, the way a database commits a group. An event that
-//! finds nothing of its type in flight goes out at once, so a quiet gateway adds no wait; under
-//! load a message holds what arrived during one broker round trip, and grows as the broker slows.
-//! A group waits at most the linger (`WARREN_COALESCE_LINGER_US`) behind a slow confirm before it
-//! goes out beside it, and goes out early when it reaches `max_events`. Every request still
-//! answers only after its message was confirmed, and all of them share its outcome: a nack or
-//! timeout is a 503 for each.
+//! one message waiting for its confirm and gathers the single events that arrive meanwhile,
+//! whatever their types: they go out together, as one version 2 message with one part per
+//! request, routed by each type it carries (the first as the routing key, the others in `CC`),
+//! as soon as that confirm comes back, the way a database commits a group. An event that finds
+//! nothing in flight goes out at once, so a quiet gateway adds no wait; under load a message
+//! holds what arrived during one broker round trip, and grows as the broker slows. A group waits
+//! at most the linger (`WARREN_COALESCE_LINGER_US`) behind a slow confirm before it goes out
+//! beside it, and goes out early when it reaches `max_events` or
+//! [`MAX_TYPES_PER_MESSAGE`] types. Every request still answers only after its message was
+//! confirmed, and all of them share its outcome: a nack or timeout is a 503 for each.
 //!
 //! Each publish runs in its own task, so a client that hangs up cannot cancel its neighbours'.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,13 +22,14 @@ use shared_types::envelope::Envelope;
 use shared_types::RequestPart;
 use tokio::sync::oneshot;
 
+use crate::dispatch::MAX_TYPES_PER_MESSAGE;
 use crate::publish::{EventPublisher, OutgoingMessage, PublishError};
 
 /// How long and how much to coalesce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CoalesceSettings {
-    /// How long a group waits behind a message of its type in flight before it goes out beside
-    /// it (`WARREN_COALESCE_LINGER_US`); zero turns coalescing off.
+    /// How long a group waits behind a message in flight before it goes out beside it
+    /// (`WARREN_COALESCE_LINGER_US`); zero turns coalescing off.
     pub linger: Duration,
     /// Most events in one coalesced message (`WARREN_COALESCE_MAX_EVENTS`).
     pub max_events: usize,
@@ -41,7 +42,7 @@ impl CoalesceSettings {
     }
 }
 
-/// Gathers single-event requests per routing key and publishes them together; cheap to clone.
+/// Gathers single-event requests and publishes them together; cheap to clone.
 pub struct Coalescer<P> {
     inner: Arc<Inner<P>>,
 }
@@ -57,29 +58,25 @@ impl<P> Clone for Coalescer<P> {
 struct Inner<P> {
     publisher: P,
     settings: CoalesceSettings,
-    keys: Mutex<Keys>,
+    state: Mutex<State>,
 }
 
+/// The messages awaiting confirms and the group gathering behind them.
 #[derive(Default)]
-struct Keys {
-    by_key: HashMap<String, KeyState>,
-    next_generation: u64,
-}
-
-/// One routing key's messages awaiting confirms and the group gathering behind them; dropped
-/// when both are gone, so the map holds only types with traffic in flight.
-#[derive(Default)]
-struct KeyState {
+struct State {
     in_flight: usize,
     waiting: Option<Group>,
+    next_generation: u64,
 }
 
 /// Requests waiting for the same message.
 struct Group {
     generation: u64,
     parts: Vec<RequestPart>,
+    /// The types of the parts' events, in order of first appearance: the message's routing keys.
+    types: Vec<String>,
     events: usize,
-    waiters: Vec<oneshot::Sender<Result<(), PublishError>>>,
+    waiters: Vec<Waiter>,
 }
 
 type Waiter = oneshot::Sender<Result<(), PublishError>>;
@@ -91,95 +88,83 @@ impl<P: EventPublisher + Clone> Coalescer<P> {
             inner: Arc::new(Inner {
                 publisher,
                 settings,
-                keys: Mutex::new(Keys::default()),
+                state: Mutex::new(State::default()),
             }),
         }
     }
 
-    /// Publishes `part` (one request's events, all of type `routing_key`) in a shared message;
-    /// returns once that message was confirmed, or with the error that ended it.
-    pub async fn publish(
-        &self,
-        routing_key: String,
-        part: RequestPart,
-    ) -> Result<(), PublishError> {
+    /// Publishes `part` (one request's events) in a shared message; returns once that message
+    /// was confirmed, or with the error that ended it.
+    pub async fn publish(&self, part: RequestPart) -> Result<(), PublishError> {
         let (done, outcome) = oneshot::channel();
-        let ready = self.join(&routing_key, part, done)?;
+        let ready = self.join(part, done)?;
         if let Some(group) = ready {
-            self.spawn_send(routing_key, group);
+            self.spawn_send(group);
         }
         outcome.await.unwrap_or(Err(PublishError::ConnectionLost))
     }
 
-    /// Adds `part` to its key's waiting group; returns the group if it is to go out now.
-    fn join(
-        &self,
-        routing_key: &str,
-        part: RequestPart,
-        done: Waiter,
-    ) -> Result<Option<Group>, PublishError> {
-        let mut keys = self
+    /// Adds `part` to the waiting group; returns the group if it is to go out now.
+    fn join(&self, part: RequestPart, done: Waiter) -> Result<Option<Group>, PublishError> {
+        let mut state = self
             .inner
-            .keys
+            .state
             .lock()
             .map_err(|_| PublishError::ConnectionLost)?;
-        let Keys {
-            by_key,
+        let State {
+            in_flight,
+            waiting,
             next_generation,
-        } = &mut *keys;
-        if !by_key.contains_key(routing_key) {
-            by_key.insert(routing_key.to_owned(), KeyState::default());
-        }
-        let Some(state) = by_key.get_mut(routing_key) else {
-            return Err(PublishError::ConnectionLost);
-        };
-        let idle = state.in_flight == 0;
-        let group = state.waiting.get_or_insert_with(|| {
+        } = &mut *state;
+        let idle = *in_flight == 0;
+        let group = waiting.get_or_insert_with(|| {
             *next_generation += 1;
             let generation = *next_generation;
             if !idle {
-                self.start_linger(routing_key.to_owned(), generation);
+                self.start_linger(generation);
             }
             Group {
                 generation,
                 parts: Vec::new(),
+                types: Vec::new(),
                 events: 0,
                 waiters: Vec::new(),
             }
         });
+        for event in &part.events {
+            if !group.types.contains(&event.event_type) {
+                group.types.push(event.event_type.clone());
+            }
+        }
         group.events += part.events.len();
         group.parts.push(part);
         group.waiters.push(done);
-        if idle || group.events >= self.inner.settings.max_events {
-            state.in_flight += 1;
-            Ok(state.waiting.take())
+        let full = group.events >= self.inner.settings.max_events
+            || group.types.len() >= MAX_TYPES_PER_MESSAGE;
+        if idle || full {
+            *in_flight += 1;
+            Ok(waiting.take())
         } else {
             Ok(None)
         }
     }
 
     /// Bounds how long a group waits behind a slow confirm.
-    fn start_linger(&self, routing_key: String, generation: u64) {
+    fn start_linger(&self, generation: u64) {
         let timer = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(timer.inner.settings.linger).await;
-            if let Some(group) = timer.take_waiting(&routing_key, Some(generation), false) {
-                timer.send(routing_key, group).await;
+            if let Some(group) = timer.take_waiting(Some(generation), false) {
+                timer.send(group).await;
             }
         });
     }
 
-    /// Takes `routing_key`'s waiting group to publish it (counting it in flight), if there is
-    /// one and it is still `generation` (any, when `None`); `confirmed` first counts one message
-    /// of the key as no longer in flight.
-    fn take_waiting(
-        &self,
-        routing_key: &str,
-        generation: Option<u64>,
-        confirmed: bool,
-    ) -> Option<Group> {
-        let mut keys = self.inner.keys.lock().ok()?;
-        let state = keys.by_key.get_mut(routing_key)?;
+    /// Takes the waiting group to publish it (counting it in flight), if there is one and it is
+    /// still `generation` (any, when `None`); `confirmed` first counts one message as no longer
+    /// in flight.
+    fn take_waiting(&self, generation: Option<u64>, confirmed: bool) -> Option<Group> {
+        let mut state = self.inner.state.lock().ok()?;
         if confirmed {
             state.in_flight = state.in_flight.saturating_sub(1);
         }
@@ -187,26 +172,21 @@ impl<P: EventPublisher + Clone> Coalescer<P> {
             .waiting
             .as_ref()
             .is_some_and(|group| generation.is_none_or(|g| g == group.generation));
-        let group = if matches {
-            state.in_flight += 1;
-            state.waiting.take()
-        } else {
-            None
-        };
-        if state.in_flight == 0 && state.waiting.is_none() {
-            keys.by_key.remove(routing_key);
+        if !matches {
+            return None;
         }
-        group
+        state.in_flight += 1;
+        state.waiting.take()
     }
 
-    fn spawn_send(&self, routing_key: String, group: Group) {
+    fn spawn_send(&self, group: Group) {
         let publisher = self.clone();
-        tokio::spawn(async move { publisher.send(routing_key, group).await });
+        tokio::spawn(async move { publisher.send(group).await });
     }
 
     /// Publishes `group`, sends the group that gathered behind it on its way, then answers its
     /// requests.
-    async fn send(&self, routing_key: String, group: Group) {
+    async fn send(&self, group: Group) {
         metrics::histogram!("warren_gateway_coalesced_message_events")
             .record(group.parts.len() as f64);
         let request_id = group
@@ -214,19 +194,25 @@ impl<P: EventPublisher + Clone> Coalescer<P> {
             .first()
             .map(|part| part.request_id.clone())
             .unwrap_or_default();
+        let mut types = group.types;
+        let routing_key = if types.is_empty() {
+            String::new()
+        } else {
+            types.remove(0)
+        };
         let message = Envelope::new(group.parts);
         let outgoing = OutgoingMessage {
             body: message.encode(),
             content_type: message.content_type(),
-            routing_key: routing_key.clone(),
-            cc: Vec::new(),
+            routing_key,
+            cc: types,
             message_id: uuid::Uuid::now_v7().to_string(),
             request_id,
             content_encoding: None,
         };
         let result = self.inner.publisher.publish(vec![outgoing]).await;
-        if let Some(next) = self.take_waiting(&routing_key, None, true) {
-            self.spawn_send(routing_key, next);
+        if let Some(next) = self.take_waiting(None, true) {
+            self.spawn_send(next);
         }
         for waiter in group.waiters {
             // A waiter whose client hung up has dropped its receiver; nothing to tell it.
@@ -284,10 +270,11 @@ mod tests {
     fn spawn_publish(
         coalescer: &Coalescer<MemoryPublisher>,
         request: usize,
-        kind: &'static str,
+        kind: &str,
     ) -> tokio::task::JoinHandle<Result<(), PublishError>> {
         let coalescer = coalescer.clone();
-        tokio::spawn(async move { coalescer.publish(kind.into(), part(request, kind)).await })
+        let part = part(request, kind);
+        tokio::spawn(async move { coalescer.publish(part).await })
     }
 
     /// Lets every spawned task run as far as it can without time passing.
@@ -308,7 +295,7 @@ mod tests {
     async fn an_event_that_finds_nothing_in_flight_goes_out_at_once_as_version_1() {
         let (coalescer, publisher) = coalescer(100);
         let started = tokio::time::Instant::now();
-        coalescer.publish("t".into(), part(1, "t")).await.unwrap();
+        coalescer.publish(part(1, "t")).await.unwrap();
         assert_eq!(started.elapsed(), Duration::ZERO);
         let messages = decoded(&publisher);
         assert_eq!(messages.len(), 1);
@@ -373,30 +360,42 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn types_are_never_mixed_in_one_message() {
+    async fn types_share_a_message_routed_by_each_of_them() {
         let (coalescer, publisher) = coalescer(100);
         publisher.hold_confirms(true);
+        let kinds = ["a.one", "b.two", "c.three"];
         let requests: Vec<_> = (0..9)
-            .map(|n| spawn_publish(&coalescer, n, ["a.one", "b.two", "c.three"][n % 3]))
+            .map(|n| spawn_publish(&coalescer, n, kinds[n % 3]))
             .collect();
         settle().await;
         publisher.hold_confirms(false);
         for request in requests {
             request.await.unwrap().unwrap();
         }
-        let messages = decoded(&publisher);
-        // Per type: the first alone (nothing of its type was in flight), the other two together.
-        assert_eq!(messages.len(), 6);
-        for (key, message) in &messages {
-            assert!(message
-                .parts
-                .iter()
-                .flat_map(|p| &p.events)
-                .all(|e| e.event_type == *key));
+        // The first alone (nothing was in flight), the other eight together.
+        assert_eq!(sizes(&publisher), vec![1, 8]);
+        let published = publisher.published();
+        assert_eq!(published[1].routing_key, "b.two");
+        assert_eq!(published[1].cc, ["c.three", "a.one"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_group_of_the_most_types_goes_out_without_waiting() {
+        let (coalescer, publisher) = coalescer(100);
+        publisher.hold_confirms(true);
+        let requests: Vec<_> = (0..=MAX_TYPES_PER_MESSAGE + 1)
+            .map(|n| spawn_publish(&coalescer, n, &format!("type.{n}")))
+            .collect();
+        settle().await;
+        // Confirms are held and no time passed: the first, then a group as soon as it had the
+        // most types; the last waits.
+        assert_eq!(sizes(&publisher), vec![1, MAX_TYPES_PER_MESSAGE]);
+        assert_eq!(publisher.published()[1].cc.len(), MAX_TYPES_PER_MESSAGE - 1);
+        publisher.hold_confirms(false);
+        for request in requests {
+            request.await.unwrap().unwrap();
         }
-        let mut sizes: Vec<usize> = messages.iter().map(|(_, m)| m.event_count()).collect();
-        sizes.sort_unstable();
-        assert_eq!(sizes, vec![1, 1, 1, 2, 2, 2]);
+        assert_eq!(sizes(&publisher), vec![1, MAX_TYPES_PER_MESSAGE, 1]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -418,10 +417,10 @@ mod tests {
     async fn every_request_of_a_refused_message_gets_the_error() {
         let (coalescer, publisher) = coalescer(100);
         publisher.fail_with(Some(PublishError::Nacked));
-        let results = join_all((0..5).map(|n| coalescer.publish("t".into(), part(n, "t")))).await;
+        let results = join_all((0..5).map(|n| coalescer.publish(part(n, "t")))).await;
         assert!(results.iter().all(|r| *r == Err(PublishError::Nacked)));
         publisher.fail_with(None);
-        coalescer.publish("t".into(), part(9, "t")).await.unwrap();
+        coalescer.publish(part(9, "t")).await.unwrap();
         assert_eq!(decoded(&publisher).len(), 1);
     }
 
@@ -445,10 +444,12 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_quiet_type_leaves_nothing_behind() {
+    async fn a_quiet_gateway_leaves_nothing_behind() {
         let (coalescer, _publisher) = coalescer(100);
-        join_all((0..5).map(|n| coalescer.publish("t".into(), part(n, "t")))).await;
+        join_all((0..5).map(|n| coalescer.publish(part(n, "t")))).await;
         settle().await;
-        assert!(coalescer.inner.keys.lock().unwrap().by_key.is_empty());
+        let state = coalescer.inner.state.lock().unwrap();
+        assert_eq!(state.in_flight, 0);
+        assert!(state.waiting.is_none());
     }
 }

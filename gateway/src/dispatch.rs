@@ -4,7 +4,7 @@
 //! every type it carries (RabbitMQ's `CC` header), so a request of N events costs one broker
 //! round trip, not one per event or per type, and keeps its order on the queue.
 //! A request of exactly one event instead joins the [`Coalescer`], which shares one message among
-//! concurrent single-event requests of the same type. Either way, the call returns only once the
+//! concurrent single-event requests. Either way, the call returns only once the
 //! broker confirmed every message the events went out in.
 
 use chrono::{DateTime, Utc};
@@ -45,10 +45,9 @@ impl<P: EventPublisher> Dispatcher<P> {
         events: Vec<Event>,
     ) -> Result<(), PublishError> {
         match events.as_slice() {
-            [single] if self.coalesce_singles => {
-                let routing_key = single.event_type.clone();
+            [_] if self.coalesce_singles => {
                 let part = RequestPart::new(request_id.to_owned(), received_at, events);
-                self.coalescer.publish(routing_key, part).await
+                self.coalescer.publish(part).await
             }
             _ => {
                 let messages = messages_for(request_id, received_at, events);

@@ -613,6 +613,39 @@ async fn a_slow_sink_does_not_hold_back_another_subscription() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn coalesced_single_events_of_several_types_reach_each_subscription_once() {
+    let app = app_with_worker().await;
+    let sink = TestSink::start().await;
+    app.subscribe(json!({"sink": sink.url("/a"), "types": ["com.example.a"]}))
+        .await;
+    app.subscribe(json!({"sink": sink.url("/b"), "types": ["com.example.b"]}))
+        .await;
+    // Sent at once, the singles share messages of both types (routed by `CC`).
+    let events: Vec<Value> = (0..40)
+        .map(|n| event(["com.example.a", "com.example.b"][n % 2]))
+        .collect();
+    let of_type = |kind: &str| -> BTreeSet<String> {
+        events
+            .iter()
+            .filter(|e| e["type"] == kind)
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let statuses = app.post_singles_at_once(&events).await;
+    assert!(statuses.iter().all(|status| *status == 202), "{statuses:?}");
+
+    for (path, kind) in [("/a", "com.example.a"), ("/b", "com.example.b")] {
+        let got = sink.wait_delivered(path, 20, WAIT).await;
+        assert_eq!(ids(&got), of_type(kind), "{path}");
+    }
+    // Nothing arrives twice, though every shared message reached both queues.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sink.delivered("/a").len(), 20);
+    assert_eq!(sink.delivered("/b").len(), 20);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn compressed_batches_are_delivered_event_by_event() {
     let mut app = spawn_app_with(&[("WARREN_PUBLISH_COMPRESSION", "lz4")]).await;
     app.start_delivery().await;
