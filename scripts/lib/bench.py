@@ -43,6 +43,10 @@ SCENARIOS = {
                 "queries p99 < 20 ms at 500 req/s while ingesting 20 000 events/s"),
     # Closed-loop ceilings with wrk (lighter than k6, so more of the 2 cores go to Warren).
     "wrk-single": ("wrk", {"BATCH": "1"}, 1, "≥ 9 000 events/s stored (step), ≥ 15 000 (target), p99 < 20 ms"),
+    # The same closed loop with the k6 scenario's events (four types, a subject, three data
+    # fields): what single events of several types cost, which coalesce into shared messages.
+    "wrk-single-types": ("wrk", {"BATCH": "1", "SHAPE": "k6"}, 1,
+                         "single events of four types: compare with wrk-single"),
     "wrk-batch": ("wrk", {"BATCH": "100"}, 100, "≥ 40 000 events/s stored, queue not growing"),
     # The batch target with the light generator: wrk paced at 400 requests/s of 100 events shaped
     # like the k6 batch scenario's (four types, a subject), an open loop like k6's.
