@@ -194,22 +194,13 @@ impl<P: EventPublisher + Clone> Coalescer<P> {
             .first()
             .map(|part| part.request_id.clone())
             .unwrap_or_default();
-        let mut types = group.types;
-        let routing_key = if types.is_empty() {
-            String::new()
-        } else {
-            types.remove(0)
-        };
         let message = Envelope::new(group.parts);
-        let outgoing = OutgoingMessage {
-            body: message.encode(),
-            content_type: message.content_type(),
-            routing_key,
-            cc: types,
-            message_id: uuid::Uuid::now_v7().to_string(),
+        let outgoing = OutgoingMessage::routed_by(
+            group.types,
+            message.encode(),
+            message.content_type(),
             request_id,
-            content_encoding: None,
-        };
+        );
         let result = self.inner.publisher.publish(vec![outgoing]).await;
         if let Some(next) = self.take_waiting(None, true) {
             self.spawn_send(next);

@@ -85,17 +85,13 @@ pub fn messages_for(
         }
     }
     runs.into_iter()
-        .map(|(mut types, events)| {
-            let routing_key = types.remove(0);
-            OutgoingMessage {
-                body: Envelope::single(request_id.to_owned(), received_at, events).encode(),
-                content_type: CONTENT_TYPE,
-                routing_key,
-                cc: types,
-                message_id: uuid::Uuid::now_v7().to_string(),
-                request_id: request_id.to_owned(),
-                content_encoding: None,
-            }
+        .map(|(types, events)| {
+            OutgoingMessage::routed_by(
+                types,
+                Envelope::single(request_id.to_owned(), received_at, events).encode(),
+                CONTENT_TYPE,
+                request_id.to_owned(),
+            )
         })
         .collect()
 }

@@ -41,6 +41,30 @@ pub struct OutgoingMessage {
 }
 
 impl OutgoingMessage {
+    /// A plain message of `body`, routed by each of `types` (in order of first appearance, at
+    /// least one): the first is its routing key, the others go in `CC`.
+    pub fn routed_by(
+        mut types: Vec<String>,
+        body: Vec<u8>,
+        content_type: &'static str,
+        request_id: String,
+    ) -> Self {
+        let routing_key = if types.is_empty() {
+            String::new()
+        } else {
+            types.remove(0)
+        };
+        Self {
+            routing_key,
+            cc: types,
+            body,
+            content_type,
+            message_id: uuid::Uuid::now_v7().to_string(),
+            request_id,
+            content_encoding: None,
+        }
+    }
+
     /// This message with its body as `compression` writes it (a body already encoded is kept).
     pub fn encoded(self, compression: Compression) -> Self {
         if self.content_encoding.is_some() {
