@@ -35,14 +35,17 @@ function setup(thread)
   thread:set("id", threads)
 end
 -- Each request takes the thread's next slot on a fixed schedule: a constant arrival rate while
--- connections are free, and a catch-up (no wait) when the answers fall behind it.
-function delay()
-  if rate == 0 then return 0 end
-  local now = now_ms()
-  next_due = next_due or now
-  local wait = next_due - now
-  next_due = next_due + interval_ms
-  return wait > 0 and wait or 0
+-- connections are free, and a catch-up (no wait) when the answers fall behind it. Defined only
+-- when paced: wrk sends every request of a script that has `delay` through a timer, even a wait
+-- of 0 (two more `epoll_ctl` calls and a turn of its event loop), so a closed loop has none.
+if rate > 0 then
+  function delay()
+    local now = now_ms()
+    next_due = next_due or now
+    local wait = next_due - now
+    next_due = next_due + interval_ms
+    return wait > 0 and wait or 0
+  end
 end
 request = function()
   local events = {}
