@@ -10,6 +10,9 @@
 #   take_handed_over_dockerd
 #                    the pid of the dockerd a `compose-check --build-only` run left for the full
 #                    check, when it still runs (printed; the hand-over is forgotten either way)
+#   save_host_netfilter / restore_host_netfilter
+#                    before starting a dockerd: keep the host's netfilter rules; once that dockerd
+#                    has stopped: put them back, and remove the docker0 bridge it made
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
@@ -29,4 +32,33 @@ take_handed_over_dockerd() {
   pid=$(cat "$compose_check_dockerd")
   rm -f "$compose_check_dockerd"
   if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then echo "$pid"; fi
+}
+
+# Docker's engine adds netfilter rules when it starts (NAT with connection tracking, its FORWARD
+# chains) and the docker0 bridge, and leaves them when it stops; every packet on the host, loopback
+# included, then passes those hooks. On CI's machines nothing of the kind was there before the
+# compose check started an engine, and the benchmarks run on them after CI (docs/benchmarks.md,
+# forty-fifth round: 4-8 µs more CPU per single event). So a dockerd the project starts is stopped
+# with the host's rules put back as they were.
+host_netfilter=/var/tmp/warren-compose-check.netfilter
+save_host_netfilter() {
+  # A snapshot already there was taken before an earlier start of the project's dockerd (a
+  # restart, or a run that ended before putting it back): that is still the host's own state.
+  [ ! -f "$host_netfilter" ] || return 0
+  command -v nft >/dev/null || return 0
+  nft list ruleset >"$host_netfilter.new" 2>/dev/null || { rm -f "$host_netfilter.new"; return 0; }
+  rm -f "$host_netfilter.no-docker0"
+  ip link show docker0 >/dev/null 2>&1 || : >"$host_netfilter.no-docker0"
+  mv "$host_netfilter.new" "$host_netfilter"
+}
+restore_host_netfilter() {
+  [ -f "$host_netfilter" ] || return 0
+  if nft flush ruleset && nft -f "$host_netfilter"; then
+    log "put the host's netfilter rules back as they were before dockerd started"
+  else
+    log "could not put the host's netfilter rules back (kept in $host_netfilter)"
+    return 0
+  fi
+  if [ -f "$host_netfilter.no-docker0" ]; then ip link delete docker0 2>/dev/null || true; fi
+  rm -f "$host_netfilter" "$host_netfilter.no-docker0"
 }
