@@ -38,7 +38,7 @@ take_handed_over_dockerd() {
 # chains) and the docker0 bridge, and leaves them when it stops; every packet on the host, loopback
 # included, then passes those hooks. On CI's machines nothing of the kind was there before the
 # compose check started an engine, and the benchmarks run on them after CI (docs/benchmarks.md,
-# forty-fifth round: 4-8 µs more CPU per single event). So a dockerd the project starts is stopped
+# forty-fifth round: 3-8 µs more CPU per single event). So a dockerd the project starts is stopped
 # with the host's rules put back as they were.
 host_netfilter=/var/tmp/warren-compose-check.netfilter
 save_host_netfilter() {
