@@ -10,9 +10,10 @@
 #   take_handed_over_dockerd
 #                    the pid of the dockerd a `compose-check --build-only` run left for the full
 #                    check, when it still runs (printed; the hand-over is forgotten either way)
-#   save_host_netfilter / restore_host_netfilter
-#                    before starting a dockerd: keep the host's netfilter rules; once that dockerd
-#                    has stopped: put them back, and remove the docker0 bridge it made
+#   save_host_netfilter
+#                    before starting a dockerd: keep the host's netfilter rules
+#   stop_dockerd PID stop a dockerd the project started (up to 30 s), then put the host's
+#                    netfilter rules back and remove the docker0 bridge it made
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
@@ -61,4 +62,9 @@ restore_host_netfilter() {
   fi
   if [ -f "$host_netfilter.no-docker0" ]; then ip link delete docker0 2>/dev/null || true; fi
   rm -f "$host_netfilter" "$host_netfilter.no-docker0"
+}
+stop_dockerd() {
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq 1 30); do kill -0 "$1" 2>/dev/null || break; sleep 1; done
+  kill -0 "$1" 2>/dev/null || restore_host_netfilter
 }
