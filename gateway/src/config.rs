@@ -1,6 +1,7 @@
 //! Gateway settings: `WARREN_*` variables over documented defaults, validated at startup.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use service_runtime::auth::Auth;
@@ -20,6 +21,9 @@ use crate::schema_registry::refresh::RegistrySettings;
 pub struct GatewayConfig {
     /// Where to listen (`WARREN_GATEWAY_ADDR`).
     pub addr: SocketAddr,
+    /// A unix socket to listen on beside `addr`, for nginx on the same host
+    /// (`WARREN_GATEWAY_SOCKET`; `None`: TCP only).
+    pub unix_socket: Option<PathBuf>,
     /// The broker.
     pub broker: BrokerSettings,
     /// Event and body limits.
@@ -54,6 +58,10 @@ impl GatewayConfig {
         let broker = broker(settings, &limits)?;
         Ok(Self {
             addr: settings.parse("WARREN_GATEWAY_ADDR", ([127, 0, 0, 1], 8081).into())?,
+            unix_socket: service_runtime::unix_socket::path_from_settings(
+                settings,
+                "WARREN_GATEWAY_SOCKET",
+            )?,
             broker,
             server: ServerSettings::from_settings(settings)?,
             body_timeout: settings.millis("WARREN_BODY_TIMEOUT_MS", 30_000, 100..=600_000)?,

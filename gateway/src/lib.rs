@@ -18,7 +18,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use service_runtime::server::Listeners;
 use tokio_util::sync::CancellationToken;
 
 pub use config::GatewayConfig;
@@ -26,10 +26,10 @@ pub use config::GatewayConfig;
 use crate::http::AppState;
 use crate::publish::{BrokerPublisher, EventPublisher};
 
-/// Runs the gateway on `listener` until `shutdown` completes, then drains in-flight requests
+/// Runs the gateway on `listeners` until `shutdown` completes, then drains in-flight requests
 /// (and their confirms) and closes the broker connection.
 pub async fn run(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     config: GatewayConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) {
@@ -37,7 +37,7 @@ pub async fn run(
     service_runtime::metrics::install();
     let cancel = CancellationToken::new();
     let (publisher, supervisor) = BrokerPublisher::start(config.broker.clone(), cancel.clone());
-    serve_with(listener, config, publisher, shutdown).await;
+    serve_with(listeners, config, publisher, shutdown).await;
     cancel.cancel();
     if let Err(error) = supervisor.await {
         tracing::error!(%error, "broker supervisor panicked");
@@ -48,7 +48,7 @@ pub async fn run(
 /// Serves the HTTP API with `publisher` until `shutdown`; `/readyz` turns red as soon as it fires.
 /// Returns whether every connection drained within the grace period.
 pub async fn serve_with<P: EventPublisher>(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     config: GatewayConfig,
     publisher: P,
     shutdown: impl Future<Output = ()> + Send,
@@ -80,8 +80,12 @@ pub async fn serve_with<P: EventPublisher>(
         draining: AtomicBool::new(false),
         schemas,
     });
-    if let Ok(address) = listener.local_addr() {
+    let listeners = listeners.into();
+    if let Ok(address) = listeners.tcp.local_addr() {
         tracing::info!(%address, "gateway listening");
+    }
+    if let Some(socket) = &listeners.unix {
+        tracing::info!(socket = %socket.path().display(), "gateway listening");
     }
     let draining = Arc::clone(&state);
     let shutdown = async move {
@@ -89,7 +93,7 @@ pub async fn serve_with<P: EventPublisher>(
         draining.draining.store(true, Ordering::Release);
     };
     let drained = service_runtime::server::serve(
-        listener,
+        listeners,
         move |request, peer| http::handle(Arc::clone(&state), request, peer),
         settings,
         shutdown,

@@ -6,7 +6,9 @@ use anyhow::Context;
 use gateway::GatewayConfig;
 use service_runtime::auth::{generate_key, Scope};
 use service_runtime::key_store;
+use service_runtime::server::Listeners;
 use service_runtime::shutdown::shutdown_signal;
+use service_runtime::unix_socket::UnixSocket;
 
 const USAGE: &str =
     "usage: gateway [serve | healthcheck | keygen --scope ingest|read|admin | keys init|show]";
@@ -48,9 +50,15 @@ async fn run() -> anyhow::Result<()> {
         Some(other) => anyhow::bail!("unknown subcommand {other:?}; {USAGE}"),
     }
     let _log = service_runtime::telemetry::init("info,lapin=warn,lapin::returned_messages=error")?;
-    let listener = tokio::net::TcpListener::bind(config.addr)
+    let tcp = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("cannot listen on {} (WARREN_GATEWAY_ADDR)", config.addr))?;
-    gateway::run(listener, config, shutdown_signal()).await;
+    let unix = config
+        .unix_socket
+        .as_deref()
+        .map(UnixSocket::bind)
+        .transpose()
+        .context("cannot listen on the unix socket WARREN_GATEWAY_SOCKET names")?;
+    gateway::run(Listeners { tcp, unix }, config, shutdown_signal()).await;
     Ok(())
 }

@@ -7,7 +7,8 @@
 //! ([`rate_limit`]), Prometheus metrics ([`metrics`]), logs ([`telemetry`], written by
 //! [`log_writer`]), the shutdown signal
 //! ([`shutdown`]), reconnect backoff ([`backoff`]), the container health probe ([`healthcheck`]),
-//! the broker names and declarations ([`topology`]), connecting to one node of a broker cluster
+//! the broker names and declarations ([`topology`]), the unix socket beside a service's TCP
+//! address ([`unix_socket`]), connecting to one node of a broker cluster
 //! ([`amqp`]), and the tokio runtime sized by `WARREN_WORKER_THREADS` ([`runtime`]).
 #![forbid(unsafe_code)]
 
@@ -27,3 +28,4 @@ pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;
+pub mod unix_socket;

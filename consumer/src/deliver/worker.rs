@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -21,6 +20,7 @@ use serde_json::json;
 use service_runtime::backoff::backoff;
 use service_runtime::http_error::SharedError;
 use service_runtime::http_json;
+use service_runtime::server::Peer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -122,7 +122,7 @@ pub async fn run(
 async fn handle(
     health: Arc<(PgPool, Arc<AtomicBool>)>,
     request: Request<Incoming>,
-    _peer: SocketAddr,
+    _peer: Peer,
 ) -> Response<Full<Bytes>> {
     match request.uri().path() {
         "/healthz" => http_json::json(StatusCode::OK, &json!({"status": "ok"})),

@@ -3,7 +3,6 @@
 
 pub mod error;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +18,7 @@ use service_runtime::auth::Scope;
 use service_runtime::http_error::SharedError;
 use service_runtime::http_json;
 use service_runtime::rate_limit::RateLimiter;
+use service_runtime::server::Peer;
 use shared_types::Event;
 
 pub use error::ApiError;
@@ -59,7 +59,7 @@ pub struct AppState<P> {
 pub async fn handle<P: EventPublisher>(
     state: Arc<AppState<P>>,
     request: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Peer,
 ) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let id = request_id(request.headers());

@@ -9,3 +9,4 @@ mod failover;
 mod helpers;
 mod rate_limit;
 mod routes;
+mod unix_socket;

@@ -5,7 +5,6 @@
 pub mod schema_routes;
 pub mod subscription_routes;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +19,7 @@ use service_runtime::auth::{Auth, Scope};
 use service_runtime::http_error::SharedError;
 use service_runtime::http_json;
 use service_runtime::rate_limit::RateLimiter;
+use service_runtime::server::Peer;
 
 use crate::db::{database_answers, PgPool};
 use crate::read::error::ReadError;
@@ -88,7 +88,7 @@ pub struct AppState {
 pub async fn handle(
     state: Arc<AppState>,
     request: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Peer,
 ) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let method = request.method().clone();
