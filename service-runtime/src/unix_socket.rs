@@ -2,7 +2,7 @@
 //!
 //! Loopback TCP costs both ends of every request a TCP send and receive path in the kernel; a
 //! unix socket is a copy between two buffers. With nginx proxying single events to the gateway
-//! on the same two cores, that is 7–8% more requests a second (docs/benchmarks.md, forty-sixth
+//! on the same two cores, that was 8–19% more of them a second (docs/benchmarks.md, forty-sixth
 //! round).
 
 use std::io;
